@@ -1,0 +1,316 @@
+"""Cross-field checks of a resolved `Config`, run before any process group or GPU work.
+
+`validate_config` needs nothing but the config (and optionally the world size);
+`validate_paths` checks the filesystem separately so a preset can be shown or planned on a
+machine without the data. Every broken rule is reported as `field=value: rule`; all of them
+are collected and raised together in one `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from ijepa_ds.config.schema import (
+    ENCODER_DIMS,
+    Config,
+    ConfigError,
+    DataConfig,
+    iter_fields,
+    resolve_data_root,
+    resolve_model_dims,
+)
+
+
+def _unit_pair(v: tuple[float, float], c: Config) -> bool:
+    return 0 < v[0] <= v[1] <= 1
+
+
+def _positive_pair(v: tuple[float, float], c: Config) -> bool:
+    return 0 < v[0] <= v[1]
+
+
+def _per_channel(v: tuple[float, ...], c: Config) -> bool:
+    return len(v) == c.model.in_chans
+
+
+# (field, predicate(value, cfg), rule). The rule is formatted with c=cfg, so it can quote the
+# other fields it involves.
+Rule = tuple[str, Callable[[Any, Config], bool], str]
+# fmt: off
+_RULES: list[Rule] = [
+    ("seed", lambda v, c: 0 <= v < 2**32, "must lie in [0, 2**32)"),
+    # data
+    ("data.crop_size", lambda v, c: v > 0, "must be > 0"),
+    ("data.crop_scale", _unit_pair, "must be (min, max) with 0 < min <= max <= 1"),
+    ("data.color_jitter_strength", lambda v, c: v >= 0, "must be >= 0"),
+    ("data.normalize_mean", _per_channel, "needs one value per model.in_chans={c.model.in_chans}"),
+    ("data.normalize_std", _per_channel, "needs one value per model.in_chans={c.model.in_chans}"),
+    ("data.normalize_std", lambda v, c: all(s > 0 for s in v), "values must be > 0"),
+    ("data.batch_size", lambda v, c: v > 0, "must be > 0"),
+    ("data.global_batch_size", lambda v, c: v >= 0, "must be >= 0 (0 = batch_size x world size)"),
+    ("data.global_batch_size", lambda v, c: c.data.batch_size <= 0 or v % c.data.batch_size == 0,
+     "must be a multiple of data.batch_size={c.data.batch_size}"),
+    ("data.num_workers", lambda v, c: v >= 0, "must be >= 0"),
+    ("data.prefetch_factor", lambda v, c: v >= 1, "must be >= 1"),
+    ("data.synthetic_size", lambda v, c: v >= 1, "must be >= 1"),
+    ("data.synthetic_classes", lambda v, c: v >= 1, "must be >= 1"),
+    # mask
+    ("mask.num_enc_masks", lambda v, c: v >= 1, "must be >= 1"),
+    ("mask.num_pred_masks", lambda v, c: v >= 1, "must be >= 1"),
+    ("mask.min_keep", lambda v, c: v >= 0, "must be >= 0"),
+    ("mask.enc_mask_scale", _unit_pair, "must be (min, max) with 0 < min <= max <= 1"),
+    ("mask.pred_mask_scale", _unit_pair, "must be (min, max) with 0 < min <= max <= 1"),
+    ("mask.aspect_ratio", _positive_pair, "must be (min, max) with 0 < min <= max"),
+    # model
+    ("model.patch_size", lambda v, c: v > 0, "must be > 0"),
+    ("model.patch_size", lambda v, c: v <= 0 or c.data.crop_size % v == 0,
+     "must divide data.crop_size={c.data.crop_size}"),
+    ("model.in_chans", lambda v, c: v >= 1, "must be >= 1"),
+    ("model.embed_dim", lambda v, c: v >= 0, "must be >= 0 (0 = preset)"),
+    ("model.depth", lambda v, c: v >= 0, "must be >= 0 (0 = preset)"),
+    ("model.num_heads", lambda v, c: v >= 0, "must be >= 0 (0 = preset)"),
+    ("model.mlp_ratio", lambda v, c: v >= 0, "must be >= 0 (0 = preset)"),
+    ("model.drop_path_rate", lambda v, c: 0 <= v < 1, "must lie in [0, 1)"),
+    ("model.norm_eps", lambda v, c: v > 0, "must be > 0"),
+    ("model.init_std", lambda v, c: v > 0, "must be > 0"),
+    ("model.pred_depth", lambda v, c: v >= 1, "must be >= 1"),
+    ("model.pred_emb_dim", lambda v, c: v >= 1, "must be >= 1"),
+    ("model.pred_num_heads", lambda v, c: v >= 0, "must be >= 0 (0 = encoder heads)"),
+    ("model.act_ckpt_encoder", lambda v, c: v >= 0, "must be >= 0 (0 = off)"),
+    ("model.act_ckpt_predictor", lambda v, c: v >= 0, "must be >= 0 (0 = off)"),
+    ("model.act_ckpt_cpu_offload", lambda v, c: not v or c.model.act_ckpt_impl == "deepspeed",
+     "needs model.act_ckpt_impl='deepspeed' (is {c.model.act_ckpt_impl!r})"),
+    # optim, schedule, ema
+    ("optim.betas", lambda v, c: all(0 <= b < 1 for b in v), "must lie in [0, 1)"),
+    ("optim.eps", lambda v, c: v > 0, "must be > 0"),
+    ("optim.gradient_clipping", lambda v, c: v >= 0, "must be >= 0 (0 = off)"),
+    ("schedule.epochs", lambda v, c: v > 0, "must be > 0"),
+    ("schedule.warmup_epochs", lambda v, c: 0 <= v <= c.schedule.epochs,
+     "must lie in [0, schedule.epochs={c.schedule.epochs}]"),
+    ("schedule.start_lr", lambda v, c: v >= 0, "must be >= 0"),
+    ("schedule.lr", lambda v, c: v >= 0, "must be >= 0"),
+    ("schedule.final_lr", lambda v, c: 0 <= v <= c.schedule.lr,
+     "must lie in [0, schedule.lr={c.schedule.lr}]"),
+    ("schedule.weight_decay", lambda v, c: v >= 0, "must be >= 0"),
+    ("schedule.final_weight_decay", lambda v, c: v >= 0, "must be >= 0"),
+    ("schedule.ipe_scale", lambda v, c: v > 0, "must be > 0"),
+    ("schedule.max_steps", lambda v, c: v >= 0, "must be >= 0 (0 = all epochs)"),
+    ("ema.momentum_start", lambda v, c: 0 <= v <= 1, "must lie in [0, 1]"),
+    ("ema.momentum_end", lambda v, c: 0 <= v <= 1, "must lie in [0, 1]"),
+    ("ema.momentum_start", lambda v, c: v <= c.ema.momentum_end,
+     "must be <= ema.momentum_end={c.ema.momentum_end}"),
+    # logging, checkpoint, deepspeed
+    ("logging.output_dir", lambda v, c: bool(v), "must not be empty"),
+    ("logging.log_every", lambda v, c: v >= 1, "must be >= 1"),
+    ("logging.image_every", lambda v, c: v >= 0, "must be >= 0 (0 = off)"),
+    ("checkpoint.every_steps", lambda v, c: v >= 0, "must be >= 0 (0 = off)"),
+    ("checkpoint.every_minutes", lambda v, c: v >= 0, "must be >= 0 (0 = off)"),
+    ("checkpoint.keep_last", lambda v, c: v >= 1, "must be >= 1"),
+    ("checkpoint.milestone_every", lambda v, c: v >= 0, "must be >= 0 (0 = off)"),
+    ("deepspeed.config", lambda v, c: bool(v), "must name a ds_configs/ file or a JSON path"),
+    ("deepspeed.zero_stage", lambda v, c: v in (-1, 0, 1, 2, 3),
+     "must be -1 (from the JSON), 0, 1, 2 or 3"),
+    ("deepspeed.offload_param", lambda v, c: not v or c.deepspeed.zero_stage in (-1, 3),
+     "needs ZeRO stage 3 (deepspeed.zero_stage={c.deepspeed.zero_stage})"),
+    ("deepspeed.offload_optimizer", lambda v, c: not v or c.deepspeed.zero_stage != 0,
+     "needs ZeRO stage >= 1 (deepspeed.zero_stage={c.deepspeed.zero_stage})"),
+    # eval
+    ("eval.knn_k", lambda v, c: v >= 1, "must be >= 1"),
+    ("eval.knn_temperature", lambda v, c: v > 0, "must be > 0"),
+    ("eval.linear_lrs", lambda v, c: len(v) > 0 and all(x > 0 for x in v),
+     "must be a non-empty list of values > 0"),
+    ("eval.linear_wds", lambda v, c: len(v) > 0 and all(x >= 0 for x in v),
+     "must be a non-empty list of values >= 0"),
+    ("eval.linear_epochs", lambda v, c: v >= 1, "must be >= 1"),
+    ("eval.batch_size", lambda v, c: v >= 1, "must be >= 1"),
+    ("eval.val_every_epochs", lambda v, c: v >= 0, "must be >= 0 (0 = only at the end)"),
+    ("eval.low_shot_fractions", lambda v, c: all(0 < x <= 1 for x in v), "must lie in (0, 1]"),
+]
+# fmt: on
+
+
+def _get(cfg: Config, path: str) -> Any:
+    obj: Any = cfg
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _check_choices(cfg: Config) -> list[str]:
+    errors = []
+    for info in iter_fields():
+        choices = typing.get_args(info.type) if typing.get_origin(info.type) is Literal else ()
+        value = _get(cfg, info.path)
+        if choices and value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            errors.append(f"{info.path}={value!r}: must be one of {list(choices)}{hint}")
+    return errors
+
+
+def _check_heads(cfg: Config) -> list[str]:
+    """Widths divisible by head counts, after resolving the preset defaults."""
+    if cfg.model.name not in ENCODER_DIMS:
+        return []  # reported by _check_choices
+    d, m = resolve_model_dims(cfg.model), cfg.model
+    errors = []
+    if d.num_heads > 0 and d.embed_dim % d.num_heads:
+        errors.append(
+            f"model.embed_dim={m.embed_dim!r}: the encoder width {d.embed_dim} must be "
+            f"divisible by the encoder heads {d.num_heads} (model.num_heads={m.num_heads})"
+        )
+    if d.pred_num_heads > 0 and m.pred_emb_dim % d.pred_num_heads:
+        errors.append(
+            f"model.pred_emb_dim={m.pred_emb_dim!r}: must be divisible by the predictor heads "
+            f"{d.pred_num_heads} (model.pred_num_heads={m.pred_num_heads}; 0 = encoder heads)"
+        )
+    return errors
+
+
+def block_shape(grid_h: int, grid_w: int, scale: float, aspect_ratio: float) -> tuple[int, int]:
+    """Block (h, w) for an area fraction and aspect ratio, sized as the reference sampler does.
+
+    area = int(grid_h * grid_w * scale); h = round(sqrt(area * ar)); w = round(sqrt(area / ar));
+    each side capped at grid side - 1 (the reference's cap: the tighter one, so conservative).
+    """
+    return _block_hw(grid_h, grid_w, int(grid_h * grid_w * scale), aspect_ratio)
+
+
+def _block_hw(grid_h: int, grid_w: int, area: int, aspect_ratio: float) -> tuple[int, int]:
+    h = int(round(math.sqrt(area * aspect_ratio)))
+    w = int(round(math.sqrt(area / aspect_ratio)))
+    return min(h, grid_h - 1), min(w, grid_w - 1)
+
+
+def smallest_block_area(
+    grid_h: int, grid_w: int, scale: tuple[float, float], aspect_ratio: tuple[float, float]
+) -> int:
+    """Exact smallest `block_shape` area over the whole scale and aspect-ratio ranges.
+
+    Scale only enters through the integer area K, so every K in range is tried; for one K,
+    h and w are step functions of the aspect ratio that change where sqrt(K * ar) or
+    sqrt(K / ar) crosses m + 0.5, so the breakpoints and the midpoints between them cover
+    every piece. Independent ranges also cover the reference's coupled draw.
+    """
+    cells = grid_h * grid_w
+    lo, hi = aspect_ratio
+    best = cells
+    for area in range(int(cells * scale[0]), int(cells * scale[1]) + 1):
+        cuts = {lo, hi}
+        for m in range(max(grid_h, grid_w) + 1):
+            cuts |= {(m + 0.5) ** 2 / area, area / (m + 0.5) ** 2} if area else set()
+        points = sorted(r for r in cuts if lo <= r <= hi)
+        points += [(a + b) / 2 for a, b in zip(points, points[1:])]
+        for r in points:
+            h, w = _block_hw(grid_h, grid_w, area, r)
+            best = min(best, h * w)
+    return best
+
+
+def check_mask_settings(
+    grid_h: int,
+    grid_w: int,
+    enc_scale: tuple[float, float],
+    pred_scale: tuple[float, float],
+    aspect_ratio: tuple[float, float],
+    nenc: int,
+    npred: int,
+    min_keep: int,
+    allow_overlap: bool,
+) -> list[str]:
+    """Conservative feasibility of mask settings on a grid_h x grid_w patch grid.
+
+    Same arguments as `ijepa_ds.masks.validate_mask_settings`, which should replace this check
+    in `validate_config` once it exists. Rules: every target block holds more than min_keep
+    patches (the reference sampler loops forever otherwise); the smallest context block minus
+    `npred` smallest target blocks (unless they may overlap) still holds min_keep patches.
+    `nenc` does not enter: each context block is checked alone.
+    Returns `field=value: rule` messages; empty when feasible.
+    """
+    target = smallest_block_area(grid_h, grid_w, pred_scale, aspect_ratio)
+    context = smallest_block_area(grid_h, grid_w, enc_scale, (1.0, 1.0))
+    left = context if allow_overlap else context - npred * target
+    grid = f"the {grid_h}x{grid_w} patch grid"
+    errors = []
+    if target <= min_keep:
+        errors.append(
+            f"mask.min_keep={min_keep}: the smallest target block of mask.pred_mask_scale="
+            f"{list(pred_scale)} on {grid} has {target} patches; it must hold more than min_keep"
+        )
+    if left < min_keep:
+        errors.append(
+            f"mask.min_keep={min_keep}: the smallest context block of mask.enc_mask_scale="
+            f"{list(enc_scale)} on {grid} keeps about {left} patches once {npred} targets are "
+            "removed; it must keep at least min_keep"
+        )
+    return errors
+
+
+def gradient_accumulation_steps(data: DataConfig, world_size: int) -> int:
+    """Micro-batches per optimizer step: global / (batch_size * world_size); 1 when global is 0.
+
+    Raises ConfigError when the global batch is not a multiple of batch_size * world_size.
+    """
+    if world_size < 1:
+        raise ConfigError(f"world size {world_size} must be >= 1")
+    per_step = data.batch_size * world_size
+    if data.global_batch_size == 0:
+        return 1
+    if per_step <= 0 or data.global_batch_size % per_step:
+        raise ConfigError(
+            f"data.global_batch_size={data.global_batch_size} must be a multiple of "
+            f"data.batch_size={data.batch_size} x world size {world_size} = {per_step}"
+        )
+    return data.global_batch_size // per_step
+
+
+def _raise(errors: list[str]) -> None:
+    if len(errors) == 1:
+        raise ConfigError(f"Invalid config: {errors[0]}")
+    if errors:
+        raise ConfigError("Invalid config:\n" + "\n".join(f"  - {e}" for e in errors))
+
+
+def validate_config(cfg: Config, world_size: int | None = None) -> None:
+    """Check every cross-field rule; raise one ConfigError listing all broken rules.
+
+    Args:
+        cfg: a resolved config (from `load_config`).
+        world_size: number of ranks; when given, the global batch must split into
+            micro-batches of data.batch_size on each of the world_size ranks.
+    """
+    errors = _check_choices(cfg)
+    for path, ok, rule in _RULES:
+        value = _get(cfg, path)
+        if not ok(value, cfg):
+            errors.append(f"{path}={value!r}: {rule.format(c=cfg)}")
+    errors += _check_heads(cfg)
+    if not errors:  # the rest assumes a valid grid, valid ranges and batch sizes
+        m = cfg.mask
+        grid = cfg.data.crop_size // cfg.model.patch_size
+        errors += check_mask_settings(
+            grid, grid, m.enc_mask_scale, m.pred_mask_scale, m.aspect_ratio,
+            m.num_enc_masks, m.num_pred_masks, m.min_keep, m.allow_overlap,
+        )  # fmt: skip
+    if world_size is not None and not errors:
+        try:
+            gradient_accumulation_steps(cfg.data, world_size)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    _raise(errors)
+
+
+def validate_paths(cfg: Config) -> None:
+    """Check that the dataset folder exists (fashion_mnist and image_folder datasets)."""
+    if cfg.data.dataset == "synthetic":
+        return
+    root = resolve_data_root(cfg.data)
+    if not root:
+        _raise([f"data.root={cfg.data.root!r}: the {cfg.data.dataset} dataset needs its folder"])
+    if not Path(root).is_dir():
+        _raise([f"data.root={cfg.data.root!r}: dataset folder {root} does not exist"])

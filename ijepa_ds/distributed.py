@@ -1,0 +1,169 @@
+"""Strict distributed set-up: who am I, how many are we, where is the master.
+
+Rank, local rank, world size and master address come from exactly one launcher:
+
+- ``torchrun`` / ``deepspeed`` launcher / submitit-prepared env: ``RANK``, ``LOCAL_RANK``,
+  ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` (the deepspeed launcher also passes
+  ``--local_rank``, which must agree with ``LOCAL_RANK``);
+- plain ``srun``: ``SLURM_PROCID``, ``SLURM_LOCALID``, ``SLURM_NTASKS`` (``RANK`` is unset there),
+  master = first host of ``SLURM_JOB_NODELIST``, port derived from ``SLURM_JOB_ID``;
+- nothing at all: one process.
+
+A partial or contradictory environment is an error (``ValueError`` naming the variables), never
+a silent fall back to one process: that fall back is how a multi-node job ends up training N
+independent copies.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+TORCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+    launcher: str  # "env" (torchrun/deepspeed/submitit), "slurm" or "single"
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.rank == 0
+
+
+def _int(env: Mapping[str, str], name: str) -> int:
+    value = env[name]
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """First host of a SLURM node list: ``n[1-3,7],gpu5`` -> ``n1``; ``a-b01`` -> ``a-b01``."""
+    match = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
+    if not match:
+        raise ValueError(f"cannot parse SLURM_JOB_NODELIST={nodelist!r}")
+    prefix, _, ranges = match.groups()
+    if ranges is None:
+        return prefix
+    first = ranges.split(",")[0].split("-")[0]
+    return prefix + first
+
+
+def slurm_master_port(job_id: int) -> int:
+    """A port in [20000, 40000) derived from the job id, so concurrent jobs on a node differ."""
+    return 20000 + job_id % 20000
+
+
+def _from_torch_vars(env: Mapping[str, str], cli_local_rank: int | None) -> DistEnv:
+    missing = [name for name in TORCH_VARS if name not in env]
+    world = _int(env, "WORLD_SIZE") if "WORLD_SIZE" in env else None
+    if missing and not (world == 1 and set(missing) <= {"MASTER_ADDR", "MASTER_PORT"}):
+        present = [name for name in TORCH_VARS if name in env]
+        raise ValueError(
+            f"partial launcher environment: {', '.join(present)} set but {', '.join(missing)} "
+            "missing; start with torchrun, the deepspeed launcher or srun, or unset them all "
+            "to run one process"
+        )
+    rank, local_rank = _int(env, "RANK"), _int(env, "LOCAL_RANK")
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} is outside [0, WORLD_SIZE={world})")
+    if "LOCAL_WORLD_SIZE" in env and not 0 <= local_rank < _int(env, "LOCAL_WORLD_SIZE"):
+        raise ValueError(f"LOCAL_RANK={local_rank} >= LOCAL_WORLD_SIZE={env['LOCAL_WORLD_SIZE']}")
+    if cli_local_rank is not None and cli_local_rank != local_rank:
+        raise ValueError(f"--local_rank={cli_local_rank} contradicts LOCAL_RANK={local_rank}")
+    return DistEnv(
+        rank=rank,
+        local_rank=local_rank,
+        world_size=world,
+        master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+        master_port=_int(env, "MASTER_PORT") if "MASTER_PORT" in env else free_port(),
+        launcher="env",
+    )
+
+
+def _from_slurm(env: Mapping[str, str]) -> DistEnv:
+    needed = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS", "SLURM_JOB_NODELIST", "SLURM_JOB_ID")
+    missing = [name for name in needed if name not in env]
+    if missing:
+        raise ValueError(f"SLURM_PROCID is set but {', '.join(missing)} missing: run under srun")
+    world = _int(env, "SLURM_STEP_NUM_TASKS" if "SLURM_STEP_NUM_TASKS" in env else "SLURM_NTASKS")
+    rank = _int(env, "SLURM_PROCID")
+    if not 0 <= rank < world:
+        raise ValueError(f"SLURM_PROCID={rank} is outside [0, {world})")
+    return DistEnv(
+        rank=rank,
+        local_rank=_int(env, "SLURM_LOCALID"),
+        world_size=world,
+        master_addr=first_slurm_host(env.get("SLURM_STEP_NODELIST", env["SLURM_JOB_NODELIST"])),
+        master_port=slurm_master_port(_int(env, "SLURM_JOB_ID")),
+        launcher="slurm",
+    )
+
+
+def detect_dist_env(
+    env: Mapping[str, str] | None = None, cli_local_rank: int | None = None
+) -> DistEnv:
+    """Read the launcher's variables (``os.environ`` by default) into a :class:`DistEnv`."""
+    env = os.environ if env is None else env
+    if any(name in env for name in TORCH_VARS):
+        return _from_torch_vars(env, cli_local_rank)
+    if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:
+        return _from_slurm(env)
+    if cli_local_rank not in (None, 0):
+        raise ValueError(f"--local_rank={cli_local_rank} given without a launcher environment")
+    return DistEnv(0, 0, 1, "127.0.0.1", free_port(), "single")
+
+
+def free_port() -> int:
+    """An unused TCP port on the loopback interface (single-process runs only)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def default_backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def skip_shm_op_build() -> None:
+    """Stop DeepSpeed from JIT-compiling its shared-memory comm op on CPU (40-150 s).
+
+    Training never uses it. ``import deepspeed.comm.torch as m`` would bind torch's own module
+    (the name shadows), so look the DeepSpeed module up by its full dotted name.
+    """
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+
+
+def init_distributed(dist_env: DistEnv, backend: str | None = None) -> None:
+    """Export the resolved variables and start DeepSpeed's process group (env:// rendezvous)."""
+    os.environ.update(
+        RANK=str(dist_env.rank),
+        LOCAL_RANK=str(dist_env.local_rank),
+        WORLD_SIZE=str(dist_env.world_size),
+        MASTER_ADDR=dist_env.master_addr,
+        MASTER_PORT=str(dist_env.master_port),
+    )
+    backend = backend or default_backend()
+    if backend == "gloo":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        skip_shm_op_build()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(dist_env.local_rank)
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)

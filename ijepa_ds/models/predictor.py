@@ -1,0 +1,165 @@
+"""I-JEPA predictor: a narrow ViT that predicts target-block features from context tokens.
+
+State-dict keys match the reference checkpoints: `predictor_embed.*`, `mask_token`,
+`predictor_pos_embed`, `predictor_blocks.{i}.*`, `predictor_norm.*`, `predictor_proj.*`.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ijepa_ds.models.init import init_reference_weights, rescale_residual_init, trunc_normal_
+from ijepa_ds.models.layers import build_blocks
+from ijepa_ds.models.pos_embed import get_2d_sincos_pos_embed, to_grid
+from ijepa_ds.models.tokens import apply_masks, repeat_interleave_batch
+from ijepa_ds.models.vit import VisionTransformer
+
+
+def _as_list(masks: Sequence[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+    return [masks] if isinstance(masks, torch.Tensor) else list(masks)
+
+
+class VisionTransformerPredictor(nn.Module):
+    """Context tokens + one shared learnable mask token per target position -> target features.
+
+    Args:
+        num_patches: patches of a square grid (as the reference); or give grid_size instead.
+        embed_dim: encoder width D (input and output width).
+        predictor_embed_dim: predictor width P.
+        depth, num_heads, mlp_ratio, qkv_bias: transformer shape.
+        drop_rate, attn_drop_rate, drop_path_rate, norm_eps, init_std, rescale_init,
+            attn_impl: as for VisionTransformer.
+        grid_size: (grid_h, grid_w) patch grid, for non-square grids.
+    """
+
+    def __init__(
+        self,
+        num_patches: int | None = None,
+        embed_dim: int = 768,
+        predictor_embed_dim: int = 384,
+        depth: int = 6,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        norm_eps: float = 1e-6,
+        init_std: float = 0.02,
+        rescale_init: bool = False,
+        attn_impl: str = "sdpa",
+        grid_size: int | tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.grid_size = _resolve_grid(num_patches, grid_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.embed_dim = embed_dim
+        self.predictor_embed_dim = predictor_embed_dim
+        self.predictor_embed = nn.Linear(embed_dim, predictor_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, predictor_embed_dim))
+        self.predictor_pos_embed = nn.Parameter(
+            torch.zeros(1, self.num_patches, predictor_embed_dim), requires_grad=False
+        )
+        self.predictor_blocks = build_blocks(
+            depth,
+            drop_path_rate,
+            dim=predictor_embed_dim,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            drop=drop_rate,
+            attn_drop=attn_drop_rate,
+            norm_eps=norm_eps,
+            attn_impl=attn_impl,
+        )
+        self.predictor_norm = nn.LayerNorm(predictor_embed_dim, eps=norm_eps)
+        self.predictor_proj = nn.Linear(predictor_embed_dim, embed_dim)
+        self.reset_parameters(init_std, rescale_init)
+
+    @torch.no_grad()
+    def reset_parameters(self, init_std: float = 0.02, rescale_init: bool = False) -> None:
+        """Reference init of all weights, the mask token and a fresh sin-cos table."""
+        table = get_2d_sincos_pos_embed(self.predictor_embed_dim, self.grid_size)
+        self.predictor_pos_embed.copy_(table.unsqueeze(0).to(self.predictor_pos_embed.device))
+        trunc_normal_(self.mask_token, std=init_std)
+        init_reference_weights(self, init_std)
+        if rescale_init:
+            rescale_residual_init(self.predictor_blocks)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        masks_x: Sequence[torch.Tensor] | torch.Tensor,
+        masks: Sequence[torch.Tensor] | torch.Tensor,
+    ) -> torch.Tensor:
+        """Predict every target block from every context view, all in one batched pass.
+
+        Args:
+            x: [nenc * B, K_ctx, D] encoder output for the nenc context masks (mask-major).
+            masks_x: nenc LongTensors [B, K_ctx], the context patch indices.
+            masks: npred LongTensors [B, K_pred], the target patch indices.
+
+        Returns:
+            [npred * nenc * B, K_pred, D], row (p * nenc + e) * B + b predicting target
+            block p of sample b from context view e (the reference ordering, which the
+            targets from loss.make_targets follow).
+        """
+        masks_x, masks = _as_list(masks_x), _as_list(masks)
+        if not masks_x or not masks or x.shape[0] % len(masks_x) != 0:
+            raise ValueError(
+                f"need >= 1 context and target mask and a batch divisible by the number of "
+                f"context masks; got batch {x.shape[0]}, {len(masks_x)} context, "
+                f"{len(masks)} target masks"
+            )
+        batch = x.shape[0] // len(masks_x)
+        pos_table = self.predictor_pos_embed.expand(batch, -1, -1)
+
+        x = self.predictor_embed(x) + apply_masks(pos_table, masks_x)
+        num_ctx = x.shape[1]
+
+        # One group of mask tokens per (target block, context view): each block is predicted
+        # separately by stacking the groups along the batch.
+        target_pos = repeat_interleave_batch(
+            apply_masks(pos_table, masks), batch, repeat=len(masks_x)
+        )
+        pred_tokens = self.mask_token + target_pos
+        x = torch.cat([x.repeat(len(masks), 1, 1), pred_tokens], dim=1)
+
+        for block in self.predictor_blocks:
+            x = block(x)
+        x = self.predictor_norm(x)
+        return self.predictor_proj(x[:, num_ctx:])
+
+
+def _resolve_grid(
+    num_patches: int | None, grid_size: int | tuple[int, int] | None
+) -> tuple[int, int]:
+    if (num_patches is None) == (grid_size is None):
+        raise ValueError("give exactly one of num_patches (square grid) or grid_size")
+    if grid_size is not None:
+        return to_grid(grid_size)
+    side = round(num_patches**0.5)
+    if side * side != num_patches:
+        raise ValueError(f"num_patches={num_patches} is not a square grid: pass grid_size")
+    return side, side
+
+
+def build_predictor(
+    encoder: VisionTransformer,
+    predictor_embed_dim: int = 384,
+    depth: int = 6,
+    num_heads: int | None = None,
+    **overrides: Any,
+) -> VisionTransformerPredictor:
+    """Predictor matching `encoder`'s grid and width; num_heads defaults to the encoder's
+    (as the reference builds it)."""
+    return VisionTransformerPredictor(
+        embed_dim=encoder.embed_dim,
+        predictor_embed_dim=predictor_embed_dim,
+        depth=depth,
+        num_heads=encoder.num_heads if num_heads is None else num_heads,
+        grid_size=encoder.grid_size,
+        **overrides,
+    )

@@ -1,0 +1,58 @@
+"""Token selection helpers shared by the encoder, the predictor and the loss.
+
+Both follow the reference implementation's batch-stacking convention: several masks over the
+same batch are stacked along the batch dimension, mask-major (all B samples of mask 0, then all
+B samples of mask 1, ...).
+"""
+
+from collections.abc import Sequence
+
+import torch
+
+
+def apply_masks(x: torch.Tensor, masks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Gather the tokens each mask keeps and stack the results along the batch.
+
+    Args:
+        x: [B, N, D] tokens.
+        masks: list of M LongTensors [B, K] of token indices in [0, N); every mask keeps the
+            same number K of tokens (the mask collator guarantees it).
+
+    Returns:
+        [M * B, K, D], mask-major: rows m*B .. (m+1)*B - 1 are x gathered with masks[m].
+    """
+    if len(masks) == 0:
+        raise ValueError("apply_masks needs at least one mask")
+    batch, _, dim = x.shape
+    num_keep = masks[0].shape[-1]
+    gathered = []
+    for i, m in enumerate(masks):
+        # torch.gather silently accepts an index with a smaller batch; refuse it instead.
+        if m.dim() != 2 or m.shape[0] != batch or m.shape[1] != num_keep:
+            raise ValueError(
+                f"masks[{i}] has shape {tuple(m.shape)}; expected [{batch}, {num_keep}] "
+                f"(batch of x, and the same K for every mask)"
+            )
+        index = m.unsqueeze(-1).expand(batch, num_keep, dim)
+        gathered.append(torch.gather(x, dim=1, index=index))
+    return torch.cat(gathered, dim=0)
+
+
+def repeat_interleave_batch(x: torch.Tensor, batch_size: int, repeat: int) -> torch.Tensor:
+    """Repeat each consecutive chunk of `batch_size` rows `repeat` times, chunk by chunk.
+
+    Args:
+        x: [C * batch_size, ...], C chunks of batch_size rows (e.g. one chunk per target mask).
+        batch_size: rows per chunk (the per-device batch B).
+        repeat: copies of each chunk (the number of context masks).
+
+    Returns:
+        [C * repeat * batch_size, ...] with row (c * repeat + r) * batch_size + b equal to
+        x[c * batch_size + b]: the reference `repeat_interleave_batch` ordering.
+    """
+    if batch_size <= 0 or x.shape[0] % batch_size != 0:
+        raise ValueError(f"leading size {x.shape[0]} is not a multiple of batch_size={batch_size}")
+    chunks = x.shape[0] // batch_size
+    rest = x.shape[1:]
+    out = x.reshape(chunks, 1, batch_size, *rest).expand(chunks, repeat, batch_size, *rest)
+    return out.reshape(chunks * repeat * batch_size, *rest)

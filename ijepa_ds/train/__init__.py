@@ -1,0 +1,1 @@
+"""The DeepSpeed trainer: engine, target encoder, training step and loop."""

@@ -1,0 +1,53 @@
+"""``deepspeed.initialize`` around the student, with the four reference AdamW groups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ijepa_ds.train.act_ckpt import apply_activation_checkpointing
+from ijepa_ds.train.act_ckpt import configure_deepspeed_checkpointing
+from ijepa_ds.train.ds_config import zero_stage
+from ijepa_ds.train.param_groups import build_param_groups
+from ijepa_ds.train.student import IJEPAStudent
+from ijepa_ds.train.target import TargetEncoder
+
+
+def build_optimizer(student: IJEPAStudent, betas, eps: float) -> torch.optim.AdamW:
+    """torch AdamW over the four reference groups.
+
+    A torch optimizer instance (rather than DeepSpeed's ``{"type": "AdamW"}``) builds no
+    FusedAdam JIT extension; lr and wd are overwritten from the schedules before every step.
+    """
+    groups = build_param_groups(student.encoder, student.predictor)
+    return torch.optim.AdamW(groups, lr=0.0, betas=tuple(betas), eps=eps, weight_decay=0.0)
+
+
+def build_engine(student: IJEPAStudent, ds_config: dict[str, Any], model_cfg, optim_cfg):
+    """Target encoder + DeepSpeed engine, in the order the traps demand.
+
+    1. the target is copied from the fp32 encoder before the engine casts anything;
+    2. activation checkpointing is applied to the student after the copy (the target runs
+       under no_grad and never needs it);
+    3. ``deepspeed.initialize`` partitions and casts the student;
+    4. the target is paired with the engine's parameters by name.
+
+    Returns ``(engine, target)``.
+    """
+    import deepspeed
+
+    stage = zero_stage(ds_config)
+    target = TargetEncoder(student.encoder, partitioned=stage == 3)
+    if model_cfg.act_ckpt_impl == "deepspeed":
+        configure_deepspeed_checkpointing(model_cfg.act_ckpt_cpu_offload)
+    apply_activation_checkpointing(
+        student.encoder.blocks, model_cfg.act_ckpt_encoder, model_cfg.act_ckpt_impl
+    )
+    apply_activation_checkpointing(
+        student.predictor.predictor_blocks, model_cfg.act_ckpt_predictor, model_cfg.act_ckpt_impl
+    )
+    optimizer = build_optimizer(student, optim_cfg.betas, optim_cfg.eps)
+    engine, _, _, _ = deepspeed.initialize(model=student, optimizer=optimizer, config=ds_config)
+    target.bind(engine.module.encoder, engine.optimizer)
+    return engine, target

@@ -1,0 +1,104 @@
+"""The training loop: one pass over the optimizer steps of a run.
+
+Per micro-batch: target forward, student forward, loss, ``engine.backward``, ``engine.step``.
+Per optimizer step (every ``accumulation`` micro-batches): lr/wd set from the pure schedules
+before it, one EMA update after it (only if DeepSpeed applied it), logging on log steps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from ijepa_ds.observability import get_logger
+from ijepa_ds.observability.nonfinite import NonFiniteLossError
+from ijepa_ds.observability.stats import feature_std, memory_stats
+from ijepa_ds.train.param_groups import set_lr_wd
+from ijepa_ds.train.step import compute_loss, move_batch
+from ijepa_ds.train.trainer import Trainer, build_loader
+
+log = get_logger(__name__)
+
+
+@dataclass
+class StepStats:
+    """Running sums over the micro-batches of the current optimizer step."""
+
+    loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    data_time: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+
+def _global_mean(value: torch.Tensor, world_size: int) -> float:
+    value = value.detach().float().clone()
+    if world_size > 1:
+        dist.all_reduce(value)
+    return value.item() / world_size
+
+
+def _raise_if_nonfinite(loss: torch.Tensor, step: int) -> None:
+    """Stop every rank together when any rank's loss is not finite (no rank left hanging)."""
+    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(bad)
+    if bad.item() > 0:
+        raise NonFiniteLossError(
+            f"non-finite loss ({loss.item()}) at optimizer step {step + 1}: stopping before "
+            "the update so no checkpoint holds NaNs; try a lower schedule.lr or check the data"
+        )
+
+
+def train_loop(trainer: Trainer, start_step: int, on_step=None) -> list[float]:
+    """Run optimizer steps ``start_step .. trainer.total_steps - 1``; returns per-step losses.
+
+    ``on_step(step, info)`` (optional) is called after every optimizer step on every rank with
+    the number of completed steps and a dict of the step's values (loss, lr, wd, momentum).
+    """
+    cfg, engine, target, sched = trainer.cfg, trainer.engine, trainer.target, trainer.schedule
+    world, accum = trainer.dist_env.world_size, trainer.accumulation
+    losses: list[float] = []
+    step, micro = start_step, 0
+    stats = StepStats()
+    fetch_start = time.perf_counter()
+    for batch in build_loader(trainer, start_step):
+        stats.data_time += time.perf_counter() - fetch_start
+        if micro == 0:
+            lr, wd = sched.lr_at(step), sched.wd_at(step)
+            set_lr_wd(engine.optimizer.param_groups, lr, wd)
+        imgs, _, _, masks_enc, masks_pred = move_batch(batch, trainer.device)
+        loss, h = compute_loss(
+            engine, target, imgs, masks_enc, masks_pred, cfg.loss.kind, cfg.optim.precision
+        )
+        _raise_if_nonfinite(loss, step)
+        engine.backward(loss)
+        engine.step()
+        stats.loss += loss.detach().cpu()
+        micro += 1
+        if micro == accum:
+            momentum = sched.momentum_at(step)
+            if engine.was_step_applied():
+                target.ema_update(momentum)
+            step, micro = step + 1, 0
+            step_loss = _global_mean(stats.loss / accum, world)
+            losses.append(step_loss)
+            info = dict(loss=step_loss, lr=lr, wd=wd, momentum=momentum)
+            info.update(step_time=time.perf_counter() - stats.started, data_time=stats.data_time)
+            if on_step is not None:
+                on_step(step, info, (imgs, masks_enc, masks_pred, h))
+            stats = StepStats()
+        fetch_start = time.perf_counter()
+    return losses
+
+
+def step_scalars(info: dict, imgs, masks_enc, masks_pred, h) -> dict[str, float]:
+    """TensorBoard/JSONL scalars of one step beyond loss/lr/wd/momentum and timings."""
+    scalars = {
+        "tokens/context": float(masks_enc[0].shape[1]),
+        "tokens/target": float(masks_pred[0].shape[1]),
+        "health/target_feature_std": feature_std(h),
+    }
+    scalars.update({f"memory/{k}": float(v) for k, v in memory_stats().items()})
+    return scalars

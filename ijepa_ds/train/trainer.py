@@ -1,0 +1,151 @@
+"""Build every object a training run needs, one ``build_*`` function each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ijepa_ds.data import build_dataset, build_train_loader, build_train_transform
+from ijepa_ds.distributed import DistEnv
+from ijepa_ds.masks import MaskCollator, build_mask_sampler
+from ijepa_ds.schedules import Schedule
+from ijepa_ds.train.ds_config import accumulation_steps
+from ijepa_ds.train.engine import build_engine
+from ijepa_ds.train.student import IJEPAStudent, build_encoder_from_config
+from ijepa_ds.train.student import build_predictor_from_config
+
+
+@dataclass
+class Trainer:
+    """The assembled run: engine, target, data, schedules and step bookkeeping."""
+
+    cfg: Any
+    dist_env: DistEnv
+    ds_config: dict
+    engine: Any
+    target: Any
+    dataset: Any
+    mask_sampler: Any
+    schedule: Schedule
+    global_batch_size: int
+    accumulation: int
+    iterations_per_epoch: int
+    total_steps: int
+    device: torch.device
+
+
+def global_batch(cfg, world_size: int) -> int:
+    return cfg.data.global_batch_size or cfg.data.batch_size * world_size
+
+
+def build_train_dataset(cfg):
+    data = cfg.data
+    transform = build_train_transform(
+        data.crop_size,
+        data.crop_scale,
+        horizontal_flip=data.use_horizontal_flip,
+        color_distortion_strength=data.color_jitter_strength if data.use_color_distortion else None,
+        gaussian_blur=data.use_gaussian_blur,
+        mean=data.normalize_mean,
+        std=data.normalize_std,
+    )
+    num = data.synthetic_size if data.dataset == "synthetic" else None
+    return build_dataset(data.dataset, data.root, True, transform, num_samples=num)
+
+
+def build_schedule(cfg, iterations_per_epoch: int) -> Schedule:
+    s = cfg.schedule
+    return Schedule.from_epochs(
+        iterations_per_epoch,
+        s.epochs,
+        s.warmup_epochs,
+        s.ipe_scale,
+        start_lr=s.start_lr,
+        lr=s.lr,
+        final_lr=s.final_lr,
+        weight_decay=s.weight_decay,
+        final_weight_decay=s.final_weight_decay,
+        momentum_start=cfg.ema.momentum_start,
+        momentum_end=cfg.ema.momentum_end,
+    )
+
+
+def build_mask_sampler_from_config(cfg, global_batch_size: int):
+    grid = cfg.data.crop_size // cfg.model.patch_size
+    m = cfg.mask
+    return build_mask_sampler(
+        m.compat,
+        grid_size=(grid, grid),
+        global_batch_size=global_batch_size,
+        seed=cfg.seed,
+        enc_mask_scale=m.enc_mask_scale,
+        pred_mask_scale=m.pred_mask_scale,
+        aspect_ratio=m.aspect_ratio,
+        nenc=m.num_enc_masks,
+        npred=m.num_pred_masks,
+        min_keep=m.min_keep,
+        allow_overlap=m.allow_overlap,
+    )
+
+
+def build_student(cfg) -> IJEPAStudent:
+    """Student with identical initial weights on every rank (seeded before construction)."""
+    torch.manual_seed(cfg.seed)
+    encoder = build_encoder_from_config(cfg.model, cfg.data.crop_size)
+    predictor = build_predictor_from_config(cfg.model, encoder)
+    return IJEPAStudent(encoder, predictor)
+
+
+def build_trainer(cfg, dist_env: DistEnv, ds_config: dict) -> Trainer:
+    """Everything but the data loader, which depends on the step to start from."""
+    world = dist_env.world_size
+    gbs = global_batch(cfg, world)
+    dataset = build_train_dataset(cfg)
+    if len(dataset) < gbs:
+        raise ValueError(
+            f"data.global_batch_size={gbs} exceeds the {len(dataset)} images of {cfg.data.dataset}"
+        )
+    ipe = len(dataset) // gbs
+    total = cfg.schedule.max_steps or cfg.schedule.epochs * ipe
+    engine, target = build_engine(build_student(cfg), ds_config, cfg.model, cfg.optim)
+    return Trainer(
+        cfg=cfg,
+        dist_env=dist_env,
+        ds_config=ds_config,
+        engine=engine,
+        target=target,
+        dataset=dataset,
+        mask_sampler=build_mask_sampler_from_config(cfg, gbs),
+        schedule=build_schedule(cfg, ipe),
+        global_batch_size=gbs,
+        accumulation=accumulation_steps(cfg.data.global_batch_size, cfg.data.batch_size, world),
+        iterations_per_epoch=ipe,
+        total_steps=total,
+        device=engine.device if hasattr(engine, "device") else torch.device("cpu"),
+    )
+
+
+def build_loader(trainer: Trainer, start_step: int):
+    cfg, env = trainer.cfg, trainer.dist_env
+    return build_train_loader(
+        trainer.dataset,
+        MaskCollator(trainer.mask_sampler),
+        trainer.global_batch_size,
+        cfg.data.batch_size,
+        env.rank,
+        env.world_size,
+        cfg.seed,
+        start_step=start_step,
+        max_steps=trainer.total_steps,
+        num_workers=cfg.data.num_workers,
+        pin_memory=cfg.data.pin_memory,
+        persistent_workers=cfg.data.persistent_workers,
+        prefetch_factor=cfg.data.prefetch_factor,
+    )
+
+
+def run_dir_for(cfg) -> Path:
+    return Path(cfg.logging.output_dir) / cfg.logging.run_name

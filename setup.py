@@ -1,0 +1,32 @@
+"""ijepa-ds: a DeepSpeed-based trainer for I-JEPA."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="ijepa-ds",
+    version="0.1.0",
+    description="I-JEPA self-supervised pretraining on DeepSpeed ZeRO, faithful to the paper",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ijepa_ds", "ijepa_ds.*"]),
+    package_data={"ijepa_ds.config.presets": ["*.yaml"]},
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "deepspeed>=0.19,<0.20",
+        "numpy",
+        "pyyaml",
+        "tensorboard",
+        "submitit",
+        "safetensors",
+        "psutil",
+        "pillow",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis", "timm"],
+        "dev": ["pytest>=8", "hypothesis", "timm", "ruff"],
+    },
+    entry_points={"console_scripts": ["ijepa-ds=ijepa_ds.cli.main:main"]},
+)

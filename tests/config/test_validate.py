@@ -1,0 +1,191 @@
+"""Cross-field validation: every rule names the field, the value and the rule."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from ijepa_ds.config import (
+    Config,
+    check_mask_settings,
+    gradient_accumulation_steps,
+    load_config,
+    validate_config,
+    validate_paths,
+)
+from ijepa_ds.config.validate import block_shape, smallest_block_area
+
+# (overrides on the defaults, field named in the error, fragment of the rule)
+INVALID = [
+    (["model.patch_size=15"], "model.patch_size=15", "must divide data.crop_size=224"),
+    (["data.crop_size=100"], "model.patch_size=16", "must divide data.crop_size=100"),
+    (["model.patch_size=0"], "model.patch_size=0", "must be > 0"),
+    (["data.dataset=imagenet"], "data.dataset='imagenet'", "must be one of"),
+    (["model.attn_impl=flash"], "model.attn_impl='flash'", "must be one of ['sdpa', 'eager']"),
+    (["loss.kind=smooth_l2"], "loss.kind='smooth_l2'", "did you mean 'smooth_l1'?"),
+    (["optim.precision=fp16"], "optim.precision='fp16'", "must be one of ['bf16', 'fp32']"),
+    (["mask.compat=official"], "mask.compat='official'", "must be one of"),
+    (["model.name=vit_mega"], "model.name='vit_mega'", "must be one of"),
+    (["mask.pred_mask_scale=[0.3, 0.2]"], "mask.pred_mask_scale=(0.3, 0.2)", "min <= max"),
+    (["mask.enc_mask_scale=[0.0, 1.0]"], "mask.enc_mask_scale=(0.0, 1.0)", "0 < min"),
+    (["mask.enc_mask_scale=[0.85, 1.2]"], "mask.enc_mask_scale=(0.85, 1.2)", "max <= 1"),
+    (["mask.aspect_ratio=[0, 1.5]"], "mask.aspect_ratio=(0.0, 1.5)", "0 < min <= max"),
+    (["mask.aspect_ratio=[2.0, 1.0]"], "mask.aspect_ratio=(2.0, 1.0)", "0 < min <= max"),
+    (["mask.num_pred_masks=0"], "mask.num_pred_masks=0", "must be >= 1"),
+    (["mask.min_keep=30"], "mask.min_keep=30", "smallest target block"),
+    (["mask.num_pred_masks=8"], "mask.min_keep=10", "smallest context block"),
+    (["data.crop_scale=[0.5, 0.3]"], "data.crop_scale=(0.5, 0.3)", "min <= max"),
+    (["model.num_heads=7", "model.pred_num_heads=6"], "model.embed_dim=0",
+     "width 768 must be divisible by the encoder heads 7"),
+    (["model.pred_emb_dim=100"], "model.pred_emb_dim=100", "divisible by the predictor heads 12"),
+    (["model.pred_num_heads=5"], "model.pred_emb_dim=384", "predictor heads 5"),
+    (["data.batch_size=0"], "data.batch_size=0", "must be > 0"),
+    (["data.global_batch_size=100"], "data.global_batch_size=100", "multiple of data.batch_size"),
+    (["data.normalize_mean=[0.5]"], "data.normalize_mean=(0.5,)", "model.in_chans=3"),
+    (["data.normalize_std=[0.2, 0.0, 0.2]"], "data.normalize_std=(0.2, 0.0, 0.2)", "> 0"),
+    (["schedule.epochs=0", "schedule.warmup_epochs=0"], "schedule.epochs=0", "must be > 0"),
+    (["schedule.warmup_epochs=400"], "schedule.warmup_epochs=400.0", "schedule.epochs=300"),
+    (["schedule.final_lr=0.01"], "schedule.final_lr=0.01", "[0, schedule.lr=0.001]"),
+    (["schedule.start_lr=-0.1"], "schedule.start_lr=-0.1", "must be >= 0"),
+    (["schedule.weight_decay=-0.1"], "schedule.weight_decay=-0.1", "must be >= 0"),
+    (["schedule.final_weight_decay=-1"], "schedule.final_weight_decay=-1.0", "must be >= 0"),
+    (["ema.momentum_end=1.5"], "ema.momentum_end=1.5", "[0, 1]"),
+    (["ema.momentum_start=0.999", "ema.momentum_end=0.99"], "ema.momentum_start=0.999", "<= ema"),
+    (["deepspeed.zero_stage=4"], "deepspeed.zero_stage=4", "0, 1, 2 or 3"),
+    (["model.act_ckpt_encoder=-1"], "model.act_ckpt_encoder=-1", "must be >= 0"),
+    (["model.act_ckpt_predictor=-2"], "model.act_ckpt_predictor=-2", "must be >= 0"),
+    (["model.act_ckpt_cpu_offload=true"], "model.act_ckpt_cpu_offload=True", "'deepspeed'"),
+    (["deepspeed.offload_param=true", "deepspeed.zero_stage=2"], "deepspeed.offload_param=True",
+     "ZeRO stage 3"),
+    (["deepspeed.offload_optimizer=true", "deepspeed.zero_stage=0"],
+     "deepspeed.offload_optimizer=True", "ZeRO stage >= 1"),
+    (["optim.betas=[0.9, 1.0]"], "optim.betas=(0.9, 1.0)", "[0, 1)"),
+    (["optim.eps=0"], "optim.eps=0.0", "> 0"),
+    (["checkpoint.keep_last=0"], "checkpoint.keep_last=0", ">= 1"),
+    (["logging.log_every=0"], "logging.log_every=0", ">= 1"),
+    (["eval.knn_temperature=0"], "eval.knn_temperature=0.0", "> 0"),
+    (["eval.low_shot_fractions=[0.0]"], "eval.low_shot_fractions=(0.0,)", "(0, 1]"),
+    (["eval.linear_lrs=[]"], "eval.linear_lrs=()", "non-empty"),
+    (["seed=-1"], "seed=-1", "[0, 2**32)"),
+    (["model.drop_path_rate=1.0"], "model.drop_path_rate=1.0", "[0, 1)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("overrides,field,rule", INVALID, ids=[" ".join(c[0]) for c in INVALID])
+def test_invalid_config_is_rejected_naming_field_value_and_rule(overrides, field, rule):
+    cfg = load_config(None, overrides)
+    with pytest.raises(ValueError, match=re.escape(field) + ".*" + re.escape(rule)) as exc:
+        validate_config(cfg)
+    assert "\n" not in str(exc.value), "each case should break exactly one rule"
+
+
+def test_the_defaults_and_valid_edge_values_pass():
+    validate_config(Config())
+    validate_config(
+        load_config(
+            None,
+            [
+                "schedule.warmup_epochs=300",
+                "schedule.final_lr=1e-3",
+                "ema.momentum_start=1.0",
+                "mask.allow_overlap=true",
+                "model.act_ckpt_impl=deepspeed",
+                "model.act_ckpt_cpu_offload=true",
+                "deepspeed.offload_param=true",  # zero_stage -1: the JSON decides
+            ],
+        )
+    )
+
+
+def test_all_broken_rules_are_reported_together():
+    cfg = load_config(None, ["data.batch_size=0", "schedule.lr=-1", "loss.kind=l3"])
+    with pytest.raises(ValueError) as exc:
+        validate_config(cfg)
+    expected = [
+        "data.batch_size=0",
+        "schedule.lr=-1.0",
+        "schedule.final_lr=1e-06",
+        "loss.kind='l3'",
+    ]
+    assert str(exc.value).count("\n  - ") == len(expected)
+    for field in expected:
+        assert field in str(exc.value)
+
+
+def test_world_size_must_split_the_global_batch():
+    cfg = load_config(None, ["data.global_batch_size=2048"])
+    validate_config(cfg)  # without a world size only batch_size must divide it
+    validate_config(cfg, world_size=16)
+    validate_config(cfg, world_size=8)
+    pattern = r"data\.global_batch_size=2048.*data\.batch_size=128.*world size 3"
+    with pytest.raises(ValueError, match=pattern):
+        validate_config(cfg, world_size=3)
+    with pytest.raises(ValueError, match="world size 32"):
+        validate_config(cfg, world_size=32)  # 128 x 32 = 4096 > 2048
+
+
+def test_gradient_accumulation_steps():
+    data = load_config(None, ["data.global_batch_size=2048"]).data
+    assert gradient_accumulation_steps(data, 16) == 1
+    assert gradient_accumulation_steps(data, 4) == 4
+    assert gradient_accumulation_steps(Config().data, 7) == 1  # 0 = no accumulation
+    with pytest.raises(ValueError, match="world size 0"):
+        gradient_accumulation_steps(data, 0)
+
+
+def test_validate_config_never_touches_the_filesystem(tmp_path):
+    cfg = load_config(None, [f"data.root={tmp_path / 'missing'}"])
+    validate_config(cfg)
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "missing"))):
+        validate_paths(cfg)
+
+
+def test_validate_paths_per_dataset(tmp_path):
+    validate_paths(load_config(None, ["data.dataset=synthetic", "data.root=/nowhere"]))
+    validate_paths(load_config(None, [f"data.root={tmp_path}"]))
+    with pytest.raises(ValueError, match="data.root=''.*image_folder"):
+        validate_paths(load_config(None, ["data.dataset=image_folder"]))
+    missing = tmp_path / "fmnist"
+    with pytest.raises(ValueError, match=re.escape(f"dataset folder {missing} does not exist")):
+        validate_paths(load_config(None, ["data.dataset=fashion_mnist", f"data.root={missing}"]))
+
+
+def test_block_shape_follows_the_reference_sizing():
+    # 14x14 grid, scale 0.15 -> int(29.4) = 29 patches; ar 1 -> round(sqrt(29)) = 5.
+    assert block_shape(14, 14, 0.15, 1.0) == (5, 5)
+    # ar 1.5: h = round(sqrt(43.5)) = 7, w = round(sqrt(19.33)) = 4.
+    assert block_shape(14, 14, 0.15, 1.5) == (7, 4)
+    # The reference caps each side at grid - 1 (a full-grid context is 13x13 at 224/16).
+    assert block_shape(14, 14, 1.0, 1.0) == (13, 13)
+
+
+def test_smallest_block_area_is_a_lower_bound_of_random_draws():
+    rng = random.Random(0)
+    for _ in range(40):
+        g = rng.randint(3, 20)
+        s0 = rng.uniform(0.05, 1.0)
+        s1 = rng.uniform(s0, 1.0)
+        a0 = rng.uniform(0.3, 2.0)
+        a1 = rng.uniform(a0, 3.0)
+        smallest = smallest_block_area(g, g, (s0, s1), (a0, a1))
+        draws = [
+            block_shape(g, g, rng.uniform(s0, s1), rng.uniform(a0, a1)) for _ in range(500)
+        ] + [block_shape(g, g, s0, a0), block_shape(g, g, s1, a1)]
+        assert min(h * w for h, w in draws) >= smallest
+
+
+def test_mask_settings_on_small_grids():
+    ref = dict(enc_scale=(0.85, 1.0), pred_scale=(0.15, 0.2), aspect_ratio=(0.75, 1.5), nenc=1)
+    # 7x7: smallest target 6 patches (2x3), smallest context 36 (6x6).
+    assert check_mask_settings(7, 7, npred=4, min_keep=4, allow_overlap=False, **ref) == []
+    errors = check_mask_settings(7, 7, npred=4, min_keep=6, allow_overlap=False, **ref)
+    assert len(errors) == 1 and "has 6 patches" in errors[0]
+    # 4x4 grid at the reference min_keep 10: the reference sampler would loop forever.
+    errors = check_mask_settings(4, 4, npred=4, min_keep=10, allow_overlap=False, **ref)
+    assert "smallest target block" in errors[0]
+    # Allowing overlap keeps the whole context block.
+    crowded = dict(npred=6, min_keep=4, **ref)
+    assert check_mask_settings(7, 7, allow_overlap=True, **crowded) == []
+    assert "context" in check_mask_settings(7, 7, allow_overlap=False, **crowded)[0]
