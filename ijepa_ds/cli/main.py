@@ -26,6 +26,7 @@ from ijepa_ds.config import (
     validate_paths,
 )
 from ijepa_ds.config.loader import preset_summary, type_name
+from ijepa_ds.cli.train_cmd import configure_train
 
 Configure = Callable[[argparse.ArgumentParser], None]
 
@@ -102,6 +103,7 @@ def configure_config(parser: argparse.ArgumentParser) -> None:
 
 COMMANDS: list[tuple[str, str, Configure]] = [
     ("config", "show, list and document run configs", configure_config),
+    ("train", "pretrain I-JEPA (one process, torchrun, deepspeed or srun)", configure_train),
 ]
 
 

@@ -136,6 +136,7 @@ def build_dataset(
     transform: Callable | None,
     *,
     num_samples: int | None = None,
+    num_classes: int | None = None,
 ) -> Dataset:
     """Dataset of ``(transform(PIL image), label)`` items by name.
 
@@ -143,14 +144,19 @@ def build_dataset(
       Debian package folder).
     - ``"image_folder"``: ImageNet layout, ``root/train/<class>/...`` or ``root/val/<class>/...``.
     - ``"synthetic"``: ``SyntheticImages`` (``root`` ignored; ``num_samples`` defaults to 2048
-      for train, 512 for eval; the eval split uses another seed).
+      for train, 512 for eval, ``num_classes`` to 10; the eval split uses another seed).
     """
     _check_kind(kind)
     if kind == "synthetic":
         size = num_samples if num_samples is not None else SYNTHETIC_SIZES[bool(train)]
-        return SyntheticImages(size, seed=0 if train else 1, transform=transform)
-    if num_samples is not None:
-        raise ValueError(f"num_samples applies to the synthetic dataset only, not {kind!r}")
+        classes = num_classes if num_classes is not None else 10
+        return SyntheticImages(
+            size, num_classes=classes, seed=0 if train else 1, transform=transform
+        )
+    if num_samples is not None or num_classes is not None:
+        raise ValueError(
+            f"num_samples/num_classes apply to the synthetic dataset only, not {kind!r}"
+        )
     root = root or default_root(kind)
     if kind == "fashion_mnist":
         return FashionMNIST(root, train=train, transform=transform)

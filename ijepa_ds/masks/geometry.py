@@ -25,7 +25,7 @@ import numpy as np
 
 
 def block_count(u: np.ndarray | float, scale: Sequence[float], grid_h: int, grid_w: int):
-    """Patch budget ``n = floor(H * W * scale)`` for ``scale = lo + u * (hi - lo)``; same shape as u."""
+    """Patch budget ``n = floor(H * W * (lo + u * (hi - lo)))``, shaped like ``u``."""
     lo, hi = scale
     return np.floor(grid_h * grid_w * (lo + np.asarray(u) * (hi - lo))).astype(np.int64)
 
@@ -115,7 +115,11 @@ def check_basic_settings(
     _check_interval("mask.enc_mask_scale", enc_scale, 1.0)
     _check_interval("mask.pred_mask_scale", pred_scale, 1.0)
     _check_interval("mask.aspect_ratio", aspect_ratio, None)
-    for name, value in (("mask.nenc", nenc), ("mask.npred", npred), ("mask.min_keep", min_keep)):
+    for name, value in (
+        ("mask.num_enc_masks", nenc),
+        ("mask.num_pred_masks", npred),
+        ("mask.min_keep", min_keep),
+    ):
         if int(value) != value or value < 1:
             raise ValueError(f"{name}={value!r} must be an integer >= 1")
 
@@ -140,9 +144,7 @@ def validate_mask_settings(
     makes the sampler's fallback (all targets stacked on one block) always valid, so sampling
     never needs more than a bounded number of tries.
     """
-    check_basic_settings(
-        grid_h, grid_w, enc_scale, pred_scale, aspect_ratio, nenc, npred, min_keep
-    )
+    check_basic_settings(grid_h, grid_w, enc_scale, pred_scale, aspect_ratio, nenc, npred, min_keep)
     grid = f"{grid_h}x{grid_w} patch grid"
     pred_dims = reachable_block_dims(grid_h, grid_w, pred_scale, aspect_ratio)
     enc_dims = reachable_block_dims(grid_h, grid_w, enc_scale, (1.0, 1.0))

@@ -194,9 +194,7 @@ class MultiBlockMaskSampler:
             counts[pending] = np.bitwise_count(rows).sum(axis=(-2, -1))
             if counts[pending].min() < self.min_keep:
                 raise RuntimeError("mask fallback broke min_keep: validate_mask_settings is wrong")
-        layout = StepLayout(
-            step, pred_hw, enc_hw, pred, enc, int(counts.min()), int(pending.size)
-        )
+        layout = StepLayout(step, pred_hw, enc_hw, pred, enc, int(counts.min()), int(pending.size))
         self._cached = layout
         return layout
 

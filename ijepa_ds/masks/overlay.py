@@ -35,9 +35,9 @@ def _to_rgb(img: torch.Tensor, mean, std) -> torch.Tensor:
     if (mean is None) != (std is None):
         raise ValueError("render_mask_overlay: give both mean and std, or neither")
     if mean is not None:
-        x = x * torch.as_tensor(std).float().view(-1, 1, 1) + torch.as_tensor(mean).float().view(
-            -1, 1, 1
-        )
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        std_t = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        x = x * std_t + mean_t
     if x.shape[0] == 1:
         x = x.repeat(3, 1, 1)
     if x.shape[0] != 3:
@@ -58,7 +58,7 @@ def _pixel_mask(indices: torch.Tensor, patch_size: int, height: int, width: int)
 
 
 def _outline(mask: torch.Tensor) -> torch.Tensor:
-    """Pixels of bool mask [H, W] with a 4-neighbour outside it (the image edge counts as outside)."""
+    """Pixels of bool mask [H, W] with a 4-neighbour outside it (beyond the image = outside)."""
     padded = torch.nn.functional.pad(mask[None].float(), (1, 1, 1, 1))[0].bool()
     inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
     return mask & ~inner
@@ -133,5 +133,7 @@ def render_mask_grid(
 def save_png(image: torch.Tensor, path: str | Path) -> None:
     """Write uint8 [3 or 1, H, W] to ``path`` as PNG."""
     if image.dtype != torch.uint8 or image.dim() != 3:
-        raise ValueError(f"save_png expects uint8 [C, H, W], got {image.dtype} {tuple(image.shape)}")
+        raise ValueError(
+            f"save_png expects uint8 [C, H, W], got {image.dtype} {tuple(image.shape)}"
+        )
     write_png(image.detach().cpu().contiguous(), str(path))

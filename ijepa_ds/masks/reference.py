@@ -54,9 +54,7 @@ def validate_reference_settings(
     min_keep: int,
 ) -> None:
     """Reject settings on which the reference sampler could loop forever (``ValueError``)."""
-    check_basic_settings(
-        grid_h, grid_w, enc_scale, pred_scale, aspect_ratio, nenc, npred, min_keep
-    )
+    check_basic_settings(grid_h, grid_w, enc_scale, pred_scale, aspect_ratio, nenc, npred, min_keep)
     if grid_h < 2 or grid_w < 2:
         raise ValueError(f"grid_size=({grid_h}, {grid_w}): mask.compat=reference needs >= 2x2")
     caps = {"max_h": grid_h - 1, "max_w": grid_w - 1, "min_side": 0}

@@ -51,11 +51,13 @@ def _raise_if_nonfinite(loss: torch.Tensor, step: int) -> None:
         )
 
 
-def train_loop(trainer: Trainer, start_step: int, on_step=None) -> list[float]:
+def train_loop(trainer: Trainer, start_step: int, hooks=()) -> list[float]:
     """Run optimizer steps ``start_step .. trainer.total_steps - 1``; returns per-step losses.
 
-    ``on_step(step, info)`` (optional) is called after every optimizer step on every rank with
-    the number of completed steps and a dict of the step's values (loss, lr, wd, momentum).
+    Each hook ``hook(step, info, tensors)`` runs after every optimizer step on every rank, with
+    the number of completed steps, a dict of the step's values (loss, lr, wd, momentum,
+    timings) and the last micro-batch's ``(imgs, masks_enc, masks_pred, target_features)``.
+    A hook returning True stops the loop after that step (e.g. saved for preemption).
     """
     cfg, engine, target, sched = trainer.cfg, trainer.engine, trainer.target, trainer.schedule
     world, accum = trainer.dist_env.world_size, trainer.accumulation
@@ -86,8 +88,9 @@ def train_loop(trainer: Trainer, start_step: int, on_step=None) -> list[float]:
             losses.append(step_loss)
             info = dict(loss=step_loss, lr=lr, wd=wd, momentum=momentum)
             info.update(step_time=time.perf_counter() - stats.started, data_time=stats.data_time)
-            if on_step is not None:
-                on_step(step, info, (imgs, masks_enc, masks_pred, h))
+            stop = [hook(step, info, (imgs, masks_enc, masks_pred, h)) for hook in hooks]
+            if any(stop):
+                break
             stats = StepStats()
         fetch_start = time.perf_counter()
     return losses

@@ -9,10 +9,15 @@ from pathlib import Path
 
 import torch
 
-from ijepa_ds.config import load_config, validate_config, validate_paths
+from ijepa_ds.checkpoint.policy import SavePolicy
+from ijepa_ds.checkpoint.resume import load_checkpoint, resolve_resume
+from ijepa_ds.checkpoint.saver import CheckpointHook
+from ijepa_ds.cli.train_cmd import add_train_arguments
+from ijepa_ds.config import ConfigError, load_config, validate_config, validate_paths
 from ijepa_ds.distributed import detect_dist_env, init_distributed
 from ijepa_ds.masks import render_mask_grid
 from ijepa_ds.observability import MetricsWriter, ProgressMeter, get_logger, setup_logging
+from ijepa_ds.observability.logging import rank_log_file
 from ijepa_ds.observability.stats import is_collapsed
 from ijepa_ds.train.ds_config import build_ds_config, zero_stage
 from ijepa_ds.train.loop import step_scalars, train_loop
@@ -22,30 +27,23 @@ from ijepa_ds.train.trainer import build_trainer
 log = get_logger(__name__)
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--config", required=True, help="preset name or YAML path")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.precision=bf16")
-    # The deepspeed launcher appends --local_rank=N; it must agree with LOCAL_RANK.
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    return parser
-
-
 class StepReporter:
     """Turns each finished optimizer step into a progress line, scalars and images."""
 
-    def __init__(self, trainer, run_dir: Path, rank: int):
+    def __init__(self, trainer, run_dir: Path, rank: int, resume_step: int | None = None):
         cfg = trainer.cfg
         self.cfg, self.rank = cfg, rank
         self.progress = ProgressMeter(
             trainer.total_steps, trainer.dist_env.world_size, trainer.global_batch_size
         )
         self.metrics = MetricsWriter(
-            run_dir, rank, tensorboard=cfg.logging.tensorboard, jsonl=cfg.logging.jsonl
+            run_dir, rank, tensorboard=cfg.logging.tensorboard, jsonl=cfg.logging.jsonl,
+            resume_step=None if resume_step is None else resume_step + 1,
         )
         self.ipe = trainer.iterations_per_epoch
         self.patch_size = cfg.model.patch_size
 
-    def __call__(self, step: int, info: dict, tensors) -> None:
+    def __call__(self, step: int, info: dict, tensors) -> bool:
         epoch = (step - 1) // self.ipe
         self.progress.update(
             step, info["loss"], info["lr"], info["wd"], info["momentum"], epoch,
@@ -62,6 +60,7 @@ class StepReporter:
                 self.patch_size, mean=self.cfg.data.normalize_mean, std=self.cfg.data.normalize_std,
             )
             self.metrics.log_image(step, "masks/overlay", grid)
+        return False
 
     def _log(self, step: int, epoch: int, info: dict, tensors) -> None:
         scalars = {k: info[k] for k in ("loss", "lr", "wd", "momentum")}
@@ -77,20 +76,37 @@ class StepReporter:
         self.metrics.close()
 
 
+def prepare(args: argparse.Namespace):
+    """Everything checkable without a process group: config, launcher env, DeepSpeed JSON.
+
+    Any problem is a ``ConfigError`` raised before a single rank waits on another.
+    """
+    try:
+        cfg = load_config(args.config, args.overrides)
+        dist_env = detect_dist_env(cli_local_rank=args.local_rank)
+        validate_config(cfg, world_size=dist_env.world_size)
+        validate_paths(cfg)
+        ds_config = build_ds_config(cfg, dist_env.world_size)
+        if args.resume == "auto" and not cfg.logging.run_name:
+            raise ConfigError("--resume auto needs logging.run_name (the run folder to look in)")
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    return cfg, dist_env, ds_config
+
+
 def run_training(args: argparse.Namespace) -> dict:
     """Validate everything that can be checked alone, then start the process group and train."""
-    cfg = load_config(args.config, args.overrides)
-    dist_env = detect_dist_env(cli_local_rank=args.local_rank)
-    validate_config(cfg, world_size=dist_env.world_size)
-    validate_paths(cfg)
-    ds_config = build_ds_config(cfg, dist_env.world_size)
+    cfg, dist_env, ds_config = prepare(args)
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     init_distributed(dist_env)
     run_dir = agree_on_run_dir(cfg, dist_env.rank)
-    setup_logging(dist_env.rank, log_file=run_dir / f"train_rank{dist_env.rank}.log")
+    setup_logging(dist_env.rank, log_file=rank_log_file(run_dir, dist_env.rank))
     if dist_env.is_main_process:
         write_run_files(run_dir, cfg, ds_config)
+    resume_from = resolve_resume(run_dir, args.resume, args.resume_fallback)
     trainer = build_trainer(cfg, dist_env, ds_config)
     log.info(
         "run %s | %d ranks (%s) | ZeRO %d | %s | global batch %d = %d x %d ranks x %d accum | "
@@ -100,13 +116,23 @@ def run_training(args: argparse.Namespace) -> dict:
         dist_env.world_size, trainer.accumulation, trainer.total_steps,
         trainer.iterations_per_epoch,
     )
-    reporter = StepReporter(trainer, run_dir, dist_env.rank)
+    start_step = 0
+    if resume_from is not None:
+        start_step = load_checkpoint(trainer, resume_from).step
+    reporter = StepReporter(trainer, run_dir, dist_env.rank, resume_step=start_step or None)
+    ckpt = cfg.checkpoint
+    policy = SavePolicy(
+        ckpt.every_steps, ckpt.every_minutes, ckpt.save_at_end, trainer.total_steps
+    )
+    policy.install_signal_handlers()
+    saver = CheckpointHook(trainer, run_dir, policy, ckpt.keep_last, ckpt.milestone_every)
     try:
-        losses = train_loop(trainer, start_step=0, on_step=reporter)
+        losses = train_loop(trainer, start_step=start_step, hooks=[reporter, saver])
     finally:
         reporter.close()
     log.info("done: %d steps, final loss %.4f", len(losses), losses[-1] if losses else float("nan"))
-    return {"run_dir": str(run_dir), "losses": losses}
+    return {"run_dir": str(run_dir), "losses": losses, "start_step": start_step,
+            "checkpoints": [str(p) for p in saver.saved]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         run_training(args)
-    except ValueError as err:
+    except ConfigError as err:
         print(f"ijepa-ds train: error: {err}", file=sys.stderr)
         return 2
     return 0

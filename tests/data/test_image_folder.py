@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from ijepa_ds.data.transforms import build_train_transform
 
 
 def write_good_tree(root, per_class: int = 3) -> dict[str, np.ndarray]:
-    """Classes 'bird', 'cat', 'dog' of lossless PNGs from synthetic arrays; returns path -> array."""
+    """Classes bird/cat/dog of lossless PNGs from synthetic arrays; returns path -> array."""
     synth = SyntheticImages(3 * per_class, image_size=12, num_classes=3)
     written = {}
     for i in range(len(synth)):
@@ -35,7 +37,7 @@ def write_odd_images(folder) -> dict[str, str]:
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
     Image.fromarray(noise).save(os.path.join(folder, "ok.jpg"), quality=90)
-    jpeg = open(os.path.join(folder, "ok.jpg"), "rb").read()
+    jpeg = Path(folder, "ok.jpg").read_bytes()
     with open(os.path.join(folder, "truncated.jpg"), "wb") as f:
         f.write(jpeg[: len(jpeg) // 2])
     with open(os.path.join(folder, "corrupt.jpg"), "wb") as f:
@@ -166,13 +168,13 @@ def test_counters_cover_dataloader_workers(tmp_path) -> None:
 
 def test_missing_or_empty_folders_fail_up_front(tmp_path) -> None:
     missing = str(tmp_path / "nowhere")
-    with pytest.raises(ValueError, match=f"{missing}.*does not exist"):
+    with pytest.raises(ValueError, match=rf"{re.escape(missing)}.*does not exist"):
         ImageFolder(missing)
-    with pytest.raises(ValueError, match=f"{tmp_path}.*no class sub-folders"):
+    with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path))}.*no class sub-folders"):
         ImageFolder(str(tmp_path))
     (tmp_path / "cls").mkdir()
     (tmp_path / "cls" / "notes.txt").write_text("no images here")
-    with pytest.raises(ValueError, match=f"{tmp_path}.*holds no files ending in"):
+    with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path))}.*holds no files ending in"):
         ImageFolder(str(tmp_path))
 
 

@@ -27,7 +27,7 @@ def test_shapes_labels_and_range() -> None:
     grey = SyntheticImages(30, image_size=20, num_classes=7, channels=1)
     img, _ = rgb[4]
     assert img.shape == (3, 20, 20) and img.dtype == torch.float32
-    assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0
+    assert float(img.min()) >= 0.0 and float(img.max()) <= 1.0
     assert grey[4][0].shape == (1, 20, 20)
     assert [rgb[i][1] for i in range(30)] == [i % 7 for i in range(30)]
     assert rgb.targets.tolist() == [i % 7 for i in range(30)]

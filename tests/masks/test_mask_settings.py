@@ -42,9 +42,9 @@ def test_reference_recipe_is_accepted_on_usual_grids(grid):
         ((16, 16), {"aspect_ratio": (0.0, 1.5)}, r"mask\.aspect_ratio"),
         ((16, 16), {"aspect_ratio": (-1.0, 1.5)}, r"mask\.aspect_ratio"),
         ((16, 16), {"aspect_ratio": (2.0, 1.0)}, r"mask\.aspect_ratio"),
-        ((16, 16), {"nenc": 0}, r"mask\.nenc"),
-        ((16, 16), {"npred": 0}, r"mask\.npred"),
-        ((16, 16), {"npred": 1.5}, r"mask\.npred"),
+        ((16, 16), {"nenc": 0}, r"mask\.num_enc_masks"),
+        ((16, 16), {"npred": 0}, r"mask\.num_pred_masks"),
+        ((16, 16), {"npred": 1.5}, r"mask\.num_pred_masks"),
         # context block of 7x7 cannot keep 10 patches once a 9x6 target is cut out of it
         ((16, 16), {"enc_scale": (0.2, 0.2)}, r"mask\.enc_mask_scale=\(0\.2, 0\.2\) is too small"),
         ((16, 16), {"enc_scale": (0.01, 0.01), "allow_overlap": True}, r"mask\.enc_mask_scale"),

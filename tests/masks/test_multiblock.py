@@ -15,7 +15,8 @@ from ijepa_ds.masks import multiblock
 from ijepa_ds.masks.geometry import reachable_block_dims
 from ijepa_ds.masks.multiblock import MultiBlockMaskSampler
 
-GRIDS = [(4, 4), (7, 7), (8, 8), (14, 14), (16, 16), (9, 14), (12, 5)]
+# (5, 130): rows of three packed 64-bit words, blocks straddling word boundaries
+GRIDS = [(4, 4), (7, 7), (8, 8), (14, 14), (16, 16), (9, 14), (12, 5), (5, 130)]
 
 
 def _sampler(grid, global_batch=32, seed=0, **kw) -> MultiBlockMaskSampler:

@@ -67,8 +67,6 @@ def test_context_is_the_top_left_block_cut_to_the_batch_raster_prefix():
         assert enc.shape == (32, 1, keep)
         for b, f in enumerate(full):
             np.testing.assert_array_equal(enc[b, 0], f[:keep])
-        # the trimming drops bottom rows only: the bias the fixed sampler removes
-        assert (enc // 16).max() < 15
 
 
 def test_all_ranks_of_a_step_draw_the_same_masks():
@@ -81,7 +79,8 @@ def test_all_ranks_of_a_step_draw_the_same_masks():
     other_step = _masks(sampler, (step + 1) * 256 + np.arange(64))[1]
     assert not np.array_equal(other_step, ranks[0][1])
     fixed = MultiBlockMaskSampler((14, 14), 256, seed=0)  # the fixed sampler differs per rank
-    assert not torch.equal(fixed(step * 256 + np.arange(64))[1][0], fixed(step * 256 + 64 + np.arange(64))[1][0])
+    rank0, rank1 = (fixed(step * 256 + r * 64 + np.arange(64))[1][0] for r in (0, 1))
+    assert not torch.equal(rank0, rank1)
 
 
 def test_min_keep_is_strict_as_in_the_reference():

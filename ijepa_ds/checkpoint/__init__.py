@@ -1,0 +1,1 @@
+"""Checkpoints: atomic step folders, our own ``latest`` pointer, exact and elastic resume."""

@@ -1,0 +1,115 @@
+"""Where checkpoints live and how a folder becomes one, atomically.
+
+::
+
+    <run_dir>/checkpoints/step_00000100/   a complete checkpoint
+        engine/                            DeepSpeed save_checkpoint(tag="engine"), all ranks
+        target_encoder.pt                  {"state_dict": fp32 full target encoder}
+        train_state.pt                     TrainState (step, epoch, cursor, RNG per rank, ...)
+        COMPLETE                           marker (JSON), written last inside the folder
+    <run_dir>/checkpoints/.tmp-step_00000100/   a save in progress (never read)
+    <run_dir>/checkpoints/latest           name of the newest complete folder, written last
+
+A folder is written under a temporary name and published by ``os.rename`` after every rank
+finished, then ``latest`` is replaced: a crash at any point leaves the previous checkpoint as
+``latest`` and never a half-written folder under a real name. DeepSpeed's own ``latest`` file
+is written before its final barrier, so it is not trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+COMPLETE = "COMPLETE"
+ENGINE_TAG = "engine"
+TARGET_FILE = "target_encoder.pt"
+STATE_FILE = "train_state.pt"
+TMP_PREFIX = ".tmp-"
+_STEP_RE = re.compile(r"^step_(\d{8,})$")
+
+
+def checkpoints_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def step_folder_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def step_of(folder: str | Path) -> int | None:
+    match = _STEP_RE.match(Path(folder).name)
+    return int(match.group(1)) if match else None
+
+
+def is_complete(folder: str | Path) -> bool:
+    return (Path(folder) / COMPLETE).is_file()
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete step folders of a run, oldest first."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and step_of(p) is not None and is_complete(p)]
+    return sorted(found, key=step_of)
+
+
+def read_latest(run_dir: str | Path) -> Path | None:
+    """The folder our ``latest`` pointer names, or None when there is no pointer."""
+    pointer = checkpoints_dir(run_dir) / LATEST
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text().strip()
+    if step_of(name) is None:
+        raise ValueError(f"{pointer} holds {name!r}, not a step folder name like step_00000100")
+    return checkpoints_dir(run_dir) / name
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename."""
+    path = Path(path)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_torch_save(obj, path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_complete_marker(folder: Path, info: dict) -> None:
+    atomic_write_bytes(folder / COMPLETE, (json.dumps(info, sort_keys=True) + "\n").encode())
+
+
+def publish(tmp_folder: Path, final_folder: Path, run_dir: str | Path) -> None:
+    """Rename the finished temporary folder into place, then point ``latest`` at it."""
+    if final_folder.exists():
+        raise FileExistsError(f"checkpoint folder {final_folder} exists already; not overwriting")
+    os.rename(tmp_folder, final_folder)
+    _fsync_dir(final_folder.parent)
+    atomic_write_bytes(checkpoints_dir(run_dir) / LATEST, (final_folder.name + "\n").encode())

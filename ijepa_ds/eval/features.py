@@ -1,0 +1,239 @@
+"""Frozen-encoder features for probes: pooling, batched extraction, a disk cache, rank shards.
+
+Pools (the paper's two linear-probe inputs, no [cls] token in I-JEPA):
+
+- ``"avg"``: mean over patches of the encoder output (the last block followed by the final
+  LayerNorm ``encoder.norm``), width D.
+- ``"last4"``: the outputs of the last 4 blocks, each passed through the final LayerNorm
+  ``encoder.norm`` and averaged over patches, concatenated from the 4th-last block to the last,
+  width 4 D. Applying the final norm to every intermediate output is what DINO's linear
+  evaluation (``get_intermediate_layers``, ``n_last_blocks=4``) does; the I-JEPA paper reuses
+  that protocol. As a consequence the last D columns of "last4" equal "avg".
+
+Extraction runs the encoder in eval mode under ``torch.no_grad()``. When a
+``torch.distributed`` process group is initialised (``torchrun``), rank r encodes the r-th
+contiguous shard of the dataset and the shards are all-gathered, so every rank returns the
+features of the whole dataset in dataset order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ijepa_ds.models import VisionTransformer
+
+POOLS = ("avg", "last4")
+CACHE_FORMAT = 1
+
+
+@dataclass
+class FeatureSet:
+    """Features of one dataset split, in dataset order.
+
+    features: [N, F] float32 on CPU (F = D for "avg", 4 D for "last4"); labels: [N] int64.
+    """
+
+    features: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def check_pool(pool: str) -> str:
+    if pool not in POOLS:
+        raise ValueError(f"unknown feature pool {pool!r}; expected one of {POOLS}")
+    return pool
+
+
+def pool_features(encoder: VisionTransformer, imgs: torch.Tensor, pool: str) -> torch.Tensor:
+    """imgs: [B, C, H, W] -> [B, D] ("avg") or [B, 4 D] ("last4"); see the module docstring."""
+    check_pool(pool)
+    if pool == "avg":
+        return encoder(imgs).mean(dim=1)
+    if len(encoder.blocks) < 4:
+        raise ValueError(f"pool 'last4' needs an encoder with >= 4 blocks, got {len(encoder.blocks)}")
+    outputs: list[torch.Tensor] = []
+    # Hooks rather than a re-implemented forward: the encoder's own forward (positions, masking,
+    # attention kernel) stays the single source of truth.
+    handles = [
+        block.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+        for block in encoder.blocks[-4:]
+    ]
+    try:
+        encoder(imgs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.cat([encoder.norm(out).mean(dim=1) for out in outputs], dim=-1)
+
+
+def _shard_indices(n: int) -> tuple[list[int], int]:
+    """This rank's contiguous slice of range(n) and the largest shard size over ranks."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(range(n)), n
+    shards = torch.tensor_split(torch.arange(n), dist.get_world_size())
+    return shards[dist.get_rank()].tolist(), max(len(s) for s in shards)
+
+
+def _gather_shards(local: torch.Tensor, n: int, max_len: int) -> torch.Tensor:
+    """all_gather equal-size (padded) shards [max_len, ...] and trim back to [n, ...]."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return local
+    padded = local.new_zeros((max_len, *local.shape[1:]))
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, padded)
+    sizes = [len(s) for s in torch.tensor_split(torch.arange(n), dist.get_world_size())]
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: VisionTransformer,
+    dataset: Dataset,
+    pool: str = "avg",
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: torch.device | str | None = None,
+) -> FeatureSet:
+    """Encode every ``(img, label)`` item of ``dataset`` with the frozen encoder.
+
+    Returns features [N, F] (float32, CPU) and labels [N]; under an initialised process group
+    every rank encodes its shard and receives all N rows.
+    """
+    check_pool(pool)
+    device = torch.device(device) if device is not None else _default_device()
+    was_training = encoder.training
+    encoder.eval().to(device)
+    indices, max_len = _shard_indices(len(dataset))
+    loader = DataLoader(
+        Subset(dataset, indices),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    feats, labels = [], []
+    for imgs, targets in loader:
+        out = pool_features(encoder, imgs.to(device, non_blocking=True), pool)
+        feats.append(out.float())
+        labels.append(torch.as_tensor(targets, dtype=torch.long, device=device))
+    encoder.train(was_training)
+    width = _feature_width(encoder, pool)
+    local_feats = torch.cat(feats) if feats else torch.zeros(0, width, device=device)
+    local_labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
+    # gloo gathers CPU tensors, nccl CUDA tensors: gather where the features already live.
+    all_feats = _gather_shards(local_feats, len(dataset), max_len)
+    all_labels = _gather_shards(local_labels, len(dataset), max_len)
+    return FeatureSet(all_feats.cpu(), all_labels.cpu())
+
+
+def _feature_width(encoder: VisionTransformer, pool: str) -> int:
+    return encoder.embed_dim * (4 if pool == "last4" else 1)
+
+
+def _default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def encoder_fingerprint(encoder: nn.Module) -> str:
+    """sha256 over the architecture numbers and every parameter/buffer (names, shapes, bytes).
+
+    Identical weights loaded from different files share cached features; any changed weight,
+    head count or norm epsilon gives another fingerprint.
+    """
+    digest = hashlib.sha256()
+    arch = {
+        "class": type(encoder).__name__,
+        "num_heads": getattr(encoder, "num_heads", None),
+        "patch_size": getattr(encoder, "patch_size", None),
+        "pos_interp": getattr(encoder, "pos_interp", None),
+        "norm_eps": [m.eps for m in encoder.modules() if isinstance(m, nn.LayerNorm)],
+    }
+    digest.update(json.dumps(arch, sort_keys=True).encode())
+    for name, tensor in encoder.state_dict().items():
+        cpu = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tuple(cpu.shape)}:{cpu.dtype}".encode())
+        digest.update(cpu.view(torch.uint8).numpy().tobytes() if cpu.numel() else b"")
+    return digest.hexdigest()
+
+
+def cache_key(fields: Mapping[str, Any]) -> str:
+    """Short hex key of a JSON-able mapping (sorted keys)."""
+    text = json.dumps(dict(fields), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def cached_features(
+    encoder: VisionTransformer,
+    dataset: Dataset,
+    *,
+    cache_dir: str | Path | None,
+    dataset_id: str,
+    split: str,
+    pool: str = "avg",
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: torch.device | str | None = None,
+) -> FeatureSet:
+    """``extract_features`` backed by ``<cache_dir>/features-<key>.pt``.
+
+    The key hashes (encoder fingerprint, pool, dataset_id, split, repr of the dataset's
+    ``transform``); the stored file repeats those fields and is used only if they match.
+    ``cache_dir=None`` disables the cache. Rank 0 writes the file (atomically, via rename).
+    """
+    if cache_dir is None:
+        return extract_features(encoder, dataset, pool, batch_size, num_workers, device)
+    fields = {
+        "format": CACHE_FORMAT,
+        "encoder": encoder_fingerprint(encoder),
+        "pool": check_pool(pool),
+        "dataset": dataset_id,
+        "split": split,
+        "transform": repr(getattr(dataset, "transform", None)),
+        "size": len(dataset),
+    }
+    path = Path(cache_dir) / f"features-{cache_key(fields)}.pt"
+    hit = _read_cache(path, fields)
+    if _all_ranks_agree(hit is not None):
+        return hit
+    result = extract_features(encoder, dataset, pool, batch_size, num_workers, device)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        payload = {"fields": fields, "features": result.features, "labels": result.labels}
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    return result
+
+
+def _read_cache(path: Path, fields: Mapping[str, Any]) -> FeatureSet | None:
+    if not path.is_file():
+        return None
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("fields") != dict(fields):
+        return None
+    return FeatureSet(payload["features"], payload["labels"])
+
+
+def _all_ranks_agree(hit: bool) -> bool:
+    """True only if every rank found the cache (so all ranks take the same branch)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return hit
+    flag = torch.tensor([int(hit)], device=_default_device() if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())

@@ -1,0 +1,29 @@
+"""Stop after step k, resume with --resume auto: bit-identical losses and parameters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import assert_ok, torchrun
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+WORKER = Path(__file__).with_name("resume_worker.py")
+
+
+@pytest.mark.parametrize(
+    "stage,precision", [(1, "fp32"), (2, "fp32"), (3, "fp32"), (3, "bf16")]
+)
+def test_resume_is_bit_identical(tmp_path, stage, precision):
+    out = tmp_path / "result.json"
+    assert_ok(torchrun(2, WORKER, str(out), str(tmp_path / "runs"), str(stage), precision))
+    result = json.loads(out.read_text())
+    # Stopped at step 3 of 6 (mid-epoch: 4 steps per epoch), resumed from its checkpoint.
+    assert result["second_start"] == 3
+    assert result["first"] == result["full"][:3]
+    assert result["second"] == result["full"][3:]  # exact float equality
+    assert result["max_param_diff"] == 0.0
+    names = [Path(p).name for p in result["checkpoints"]]
+    assert names == ["step_00000003", "step_00000006"]
