@@ -118,6 +118,18 @@ def load_target(trainer, state_dict: dict[str, torch.Tensor], source: Path) -> N
                 param.data.copy_(state_dict[name])
 
 
+def prepare_resume(folder: Path, dist_env, ds_config: dict) -> None:
+    """Before the engine exists: switch to a universal load when world size or stage changed."""
+    from ijepa_ds.checkpoint.elastic import enable_universal_load, needs_universal
+    from ijepa_ds.checkpoint.elastic import prepare_universal
+    from ijepa_ds.train.ds_config import zero_stage
+
+    state = load_train_state(folder)
+    if needs_universal(state, dist_env.world_size, zero_stage(ds_config)):
+        prepare_universal(folder, dist_env.rank)
+        enable_universal_load(ds_config)
+
+
 def load_checkpoint(trainer, folder: Path) -> TrainState:
     """Restore engine (weights, optimizer, counters), target, and this rank's RNG."""
     state = load_train_state(folder)
@@ -127,7 +139,7 @@ def load_checkpoint(trainer, folder: Path) -> TrainState:
             f"run has {trainer.global_batch_size}: set data.global_batch_size="
             f"{state.global_batch_size} (gradient accumulation adapts to the world size)"
         )
-    if state.world_size != trainer.dist_env.world_size:
+    if trainer.ds_config.get("checkpoint", {}).get("load_universal"):
         from ijepa_ds.checkpoint.elastic import load_elastic
 
         load_elastic(trainer, folder, state)

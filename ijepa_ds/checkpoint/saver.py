@@ -44,6 +44,17 @@ def _all_rng_states() -> list[dict]:
     return gathered
 
 
+def universal_client_state() -> dict:
+    """What ds_to_universal needs at ZeRO-1/2 to convert a checkpoint for elastic resume."""
+    from deepspeed.checkpoint.constants import (
+        UNIVERSAL_CHECKPOINT_INFO,
+        UNIVERSAL_CHECKPOINT_VERSION_KEY,
+        UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+    )
+
+    return {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
+
+
 def target_state_dict(target) -> dict[str, torch.Tensor]:
     """Full fp32 state dict of the target encoder on every rank (gathers under ZeRO-3)."""
     module = target.module
@@ -86,7 +97,9 @@ def save_checkpoint(trainer, run_dir: str | Path, step: int, reason: str) -> Pat
         if tmp.exists():  # left by a save that died; it never counted
             shutil.rmtree(tmp)
     _barrier()
-    trainer.engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, save_latest=False)
+    trainer.engine.save_checkpoint(
+        str(tmp), tag=ENGINE_TAG, client_state=universal_client_state(), save_latest=False
+    )
     target = target_state_dict(trainer.target)
     state = build_train_state(trainer, step)
     if rank == 0:

@@ -63,7 +63,9 @@ def pool_features(encoder: VisionTransformer, imgs: torch.Tensor, pool: str) -> 
     if pool == "avg":
         return encoder(imgs).mean(dim=1)
     if len(encoder.blocks) < 4:
-        raise ValueError(f"pool 'last4' needs an encoder with >= 4 blocks, got {len(encoder.blocks)}")
+        raise ValueError(
+            f"pool 'last4' needs an encoder with >= 4 blocks, got {len(encoder.blocks)}"
+        )
     outputs: list[torch.Tensor] = []
     # Hooks rather than a re-implemented forward: the encoder's own forward (positions, masking,
     # attention kernel) stays the single source of truth.
@@ -234,6 +236,8 @@ def _all_ranks_agree(hit: bool) -> bool:
     """True only if every rank found the cache (so all ranks take the same branch)."""
     if not (dist.is_available() and dist.is_initialized()):
         return hit
-    flag = torch.tensor([int(hit)], device=_default_device() if dist.get_backend() == "nccl" else "cpu")
+    flag = torch.tensor(
+        [int(hit)], device=_default_device() if dist.get_backend() == "nccl" else "cpu"
+    )
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ijepa_ds.checkpoint.policy import SavePolicy
-from ijepa_ds.checkpoint.resume import load_checkpoint, resolve_resume
+from ijepa_ds.checkpoint.resume import load_checkpoint, prepare_resume, resolve_resume
 from ijepa_ds.checkpoint.saver import CheckpointHook
 from ijepa_ds.cli.train_cmd import add_train_arguments
 from ijepa_ds.config import ConfigError, load_config, validate_config, validate_paths
@@ -104,9 +104,11 @@ def run_training(args: argparse.Namespace) -> dict:
     init_distributed(dist_env)
     run_dir = agree_on_run_dir(cfg, dist_env.rank)
     setup_logging(dist_env.rank, log_file=rank_log_file(run_dir, dist_env.rank))
+    resume_from = resolve_resume(run_dir, args.resume, args.resume_fallback)
+    if resume_from is not None:
+        prepare_resume(resume_from, dist_env, ds_config)
     if dist_env.is_main_process:
         write_run_files(run_dir, cfg, ds_config)
-    resume_from = resolve_resume(run_dir, args.resume, args.resume_fallback)
     trainer = build_trainer(cfg, dist_env, ds_config)
     log.info(
         "run %s | %d ranks (%s) | ZeRO %d | %s | global batch %d = %d x %d ranks x %d accum | "

@@ -1,0 +1,166 @@
+"""``ijepa-ds eval linear|knn|lowshot|visualize`` end to end on a tiny run folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from ijepa_ds.cli.eval_cmd import configure_eval
+from ijepa_ds.cli.main import build_parser
+from ijepa_ds.config import ConfigError, config_from_dict, dump_yaml
+from ijepa_ds.eval import features as features_module
+from ijepa_ds.models import VisionTransformer
+from tests.helpers import REPO, cpu_env
+
+RUN_CONFIG = {
+    "data": {
+        "dataset": "synthetic",
+        "crop_size": 16,
+        "normalize_mean": [0.5],
+        "normalize_std": [0.25],
+        "synthetic_size": 60,
+    },
+    "model": {
+        "name": "vit_tiny",
+        "patch_size": 4,
+        "in_chans": 1,
+        "embed_dim": 32,
+        "depth": 4,
+        "num_heads": 2,
+    },
+    "eval": {
+        "knn_k": 5,
+        "linear_lrs": [0.1],
+        "linear_wds": [0.0],
+        "linear_epochs": 3,
+        "batch_size": 32,
+        "low_shot_fractions": [0.5],
+    },
+}
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A run folder as the trainer leaves it: config.yaml and one complete checkpoint."""
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step_00000007"
+    step.mkdir(parents=True)
+    dump_yaml(config_from_dict(RUN_CONFIG), run / "config.yaml")
+    torch.manual_seed(0)
+    enc = VisionTransformer(
+        img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=4, num_heads=2
+    )
+    torch.save({"state_dict": enc.state_dict()}, step / "target_encoder.pt")
+    (step / "COMPLETE").write_text("{}\n")
+    (run / "checkpoints" / "latest").write_text("step_00000007\n")
+    return run
+
+
+def ijepa_eval(*argv: str) -> int:
+    args = build_parser([("eval", "evaluate", configure_eval)]).parse_args(["eval", *argv])
+    return args.func(args)
+
+
+def test_knn_then_linear_reuse_the_cached_features(run_dir, monkeypatch, capsys):
+    assert ijepa_eval("knn", str(run_dir), "--k", "3", "5") == 0
+    report = json.loads((run_dir / "eval" / "knn.json").read_text())
+    assert [r["k"] for r in report["results"]] == [3, 5]
+    assert all(0 <= r["top1"] <= 100 and r["num_train"] == 60 for r in report["results"])
+    assert report["results"][0]["num_test"] == 15  # synthetic test split: a quarter
+    settings = report["settings"]
+    assert (settings["dataset"], settings["crop_size"], settings["mean"]) == (
+        "synthetic",
+        16,
+        [0.5],
+    )
+    assert "step_00000007" in report["source"]
+    markdown = (run_dir / "eval" / "knn.md").read_text()
+    assert "| pool | top1 | top5 | k | temperature |" in markdown and "synthetic" in markdown
+    assert len(list((run_dir / "eval" / "features").glob("features-*.pt"))) == 2
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("features should come from the cache")
+
+    monkeypatch.setattr(features_module, "extract_features", no_encoder)
+    assert ijepa_eval("linear", str(run_dir)) == 0
+    row = json.loads((run_dir / "eval" / "linear.json").read_text())["results"][0]
+    assert row["lr"] == 0.1 and row["epochs"] <= 3 and row["num_train"] + row["num_val"] == 60
+    assert "test_top1" in capsys.readouterr().out
+
+
+def test_lowshot_and_pool_flag(run_dir, tmp_path):
+    out = tmp_path / "elsewhere"
+    code = ijepa_eval(
+        "lowshot",
+        str(run_dir),
+        "--out",
+        str(out),
+        "--pool",
+        "last4",
+        "--seeds",
+        "0",
+        "1",
+        "--no-cache",
+    )
+    assert code == 0
+    report = json.loads((out / "lowshot.json").read_text())
+    (row,) = report["results"]
+    assert (row["fraction"], row["seeds"], row["num_labelled"]) == (0.5, 2, 30)
+    assert [r["seed"] for r in report["per_seed"]] == [0, 1]
+    assert report["settings"]["pool"] == "last4"
+    assert not (out / "features").exists()
+
+
+def test_visualize_writes_the_png(run_dir):
+    assert ijepa_eval("visualize", str(run_dir), "--num-images", "3", "--upscale", "2") == 0
+    with Image.open(run_dir / "eval" / "pca_test.png") as img:
+        # 3 pairs in one row: 6 tiles of 32 px, 2 px padding around each.
+        assert img.size == (6 * 32 + 7 * 2, 32 + 2 * 2)
+
+
+def test_sources_outside_a_run_need_dataset_and_out(run_dir, tmp_path):
+    step = run_dir / "checkpoints" / "step_00000007"
+    lone = tmp_path / "lone"
+    step.rename(lone)
+    with pytest.raises(ConfigError, match="--dataset is required"):
+        ijepa_eval("knn", str(lone), "--num-heads", "2")
+    with pytest.raises(ConfigError, match="--out is required"):
+        ijepa_eval("knn", str(lone), "--num-heads", "2", "--dataset", "synthetic")
+    with pytest.raises(ConfigError, match="does not exist"):
+        ijepa_eval("knn", str(tmp_path / "missing"))
+    # Without a run config the crop comes from the encoder (16) and mean/std from the dataset
+    # defaults adapted to one channel.
+    code = ijepa_eval(
+        "knn",
+        str(lone),
+        "--num-heads",
+        "2",
+        "--dataset",
+        "synthetic",
+        "--num-samples",
+        "40",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "o" / "knn.json").read_text())
+    assert report["settings"]["crop_size"] == 16 and len(report["settings"]["mean"]) == 1
+    assert report["results"][0]["num_train"] == 40
+
+
+def test_importing_the_command_does_not_import_torch():
+    code = "import sys, ijepa_ds.cli.eval_cmd; print('torch' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=cpu_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "False"

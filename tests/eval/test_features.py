@@ -1,0 +1,158 @@
+"""Frozen-encoder features: pooling definitions, the disk cache, and rank-sharded extraction."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from ijepa_ds.distributed import free_port
+from ijepa_ds.eval.features import (
+    cached_features,
+    encoder_fingerprint,
+    extract_features,
+    pool_features,
+)
+from ijepa_ds.models import VisionTransformer
+from tests.helpers import cpu_env
+
+
+def tiny_encoder(seed: int = 0, depth: int = 4) -> VisionTransformer:
+    torch.manual_seed(seed)
+    return VisionTransformer(
+        img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=depth, num_heads=2
+    ).eval()
+
+
+def tiny_dataset(n: int = 12) -> TensorDataset:
+    gen = torch.Generator().manual_seed(1)
+    return TensorDataset(torch.randn(n, 1, 16, 16, generator=gen), torch.arange(n) % 3)
+
+
+class ForwardCounter:
+    """Counts encoder forward calls through a forward hook."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.calls = 0
+        module.register_forward_hook(self._hook)
+
+    def _hook(self, *_):
+        self.calls += 1
+
+
+def test_avg_is_the_patch_mean_of_the_encoder_output():
+    enc, data = tiny_encoder(), tiny_dataset()
+    out = extract_features(enc, data, "avg", batch_size=5)
+    with torch.no_grad():
+        expected = enc(data.tensors[0]).mean(dim=1)
+    assert out.features.shape == (12, 32)
+    torch.testing.assert_close(out.features, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(out.labels, data.tensors[1])
+
+
+def test_last4_concatenates_the_normed_pools_of_the_last_four_blocks():
+    enc, data = tiny_encoder(depth=5), tiny_dataset()
+    imgs = data.tensors[0]
+    out = extract_features(enc, data, "last4", batch_size=7).features
+    with torch.no_grad():
+        x = enc.patch_embed(imgs) + enc.pos_embed
+        pools = []
+        for block in enc.blocks:
+            x = block(x)
+            pools.append(enc.norm(x).mean(dim=1))
+        expected = torch.cat(pools[-4:], dim=1)
+        avg = enc(imgs).mean(dim=1)
+    assert out.shape == (12, 4 * 32)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    # The last block's normed pool is exactly the "avg" feature.
+    torch.testing.assert_close(out[:, -32:], avg, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out[:, :32], avg, atol=1e-3)
+
+
+def test_last4_needs_four_blocks_and_unknown_pools_are_rejected():
+    imgs = torch.zeros(2, 1, 16, 16)
+    with pytest.raises(ValueError, match=">= 4 blocks"):
+        pool_features(tiny_encoder(depth=3), imgs, "last4")
+    with pytest.raises(ValueError, match="unknown feature pool 'cls'"):
+        pool_features(tiny_encoder(), imgs, "cls")
+
+
+def test_cache_is_reused_and_keyed_by_pool_and_weights(tmp_path):
+    enc, data = tiny_encoder(), tiny_dataset()
+    counter = ForwardCounter(enc)
+    kwargs = dict(cache_dir=tmp_path, dataset_id="toy", split="train", batch_size=4)
+    first = cached_features(enc, data, pool="avg", **kwargs)
+    assert counter.calls == 3  # 12 images in batches of 4
+    second = cached_features(enc, data, pool="avg", **kwargs)
+    assert counter.calls == 3, "a cache hit must not run the encoder"
+    assert torch.equal(first.features, second.features)
+    assert torch.equal(first.labels, second.labels)
+    assert len(list(tmp_path.glob("features-*.pt"))) == 1
+
+    last4 = cached_features(enc, data, pool="last4", **kwargs)
+    assert counter.calls == 6 and last4.features.shape[1] == 128
+    cached_features(enc, data, pool="avg", **{**kwargs, "split": "test"})
+    assert counter.calls == 9
+
+    with torch.no_grad():
+        weight = enc.blocks[0].mlp.fc1.weight
+        weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(2)))
+    changed = cached_features(enc, data, pool="avg", **kwargs)
+    assert counter.calls == 12, "new weights must invalidate the cache"
+    assert not torch.allclose(changed.features, first.features)
+
+
+def test_fingerprint_follows_weights_and_head_count():
+    a, b = tiny_encoder(seed=0), tiny_encoder(seed=0)
+    assert encoder_fingerprint(a) == encoder_fingerprint(b)
+    assert encoder_fingerprint(a) != encoder_fingerprint(tiny_encoder(seed=1))
+    b.num_heads = 4
+    assert encoder_fingerprint(a) != encoder_fingerprint(b)
+
+
+RANK_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch, torch.distributed as dist
+    from torch.utils.data import TensorDataset
+    from ijepa_ds.eval.features import extract_features
+    from ijepa_ds.models import VisionTransformer
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    enc = VisionTransformer(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=4,
+                            num_heads=2)
+    gen = torch.Generator().manual_seed(1)
+    data = TensorDataset(torch.randn(11, 1, 16, 16, generator=gen), torch.arange(11) % 3)
+    out = extract_features(enc, data, "last4", batch_size=4)
+    torch.save({"features": out.features, "labels": out.labels}, sys.argv[1])
+    dist.destroy_process_group()
+    """
+)
+
+
+@pytest.mark.distributed
+def test_two_ranks_extract_shards_and_gather_the_whole_dataset(tmp_path):
+    port = str(free_port())
+    procs = []
+    for rank in range(2):
+        env = cpu_env(
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+        )
+        cmd = [sys.executable, "-c", RANK_SCRIPT, str(tmp_path / f"rank{rank}.pt")]
+        procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+    # 11 rows over 2 ranks: shards of 6 and 5, padded for all_gather and trimmed again.
+    single = extract_features(tiny_encoder(), tiny_dataset(11), "last4", batch_size=4)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        torch.testing.assert_close(got["features"], single.features, atol=1e-5, rtol=1e-5)
+        assert torch.equal(got["labels"], single.labels)
