@@ -28,7 +28,7 @@ SOURCES_HELP = (
 
 
 def source_kind(path: Path) -> str:
-    """"run", "step", "reference", "consolidated" or "pt" (a .pt file: read to tell)."""
+    """ "run", "step", "reference", "consolidated" or "pt" (a .pt file: read to tell)."""
     if path.is_dir():
         if (path / "engine").is_dir():
             return "step"
@@ -44,7 +44,9 @@ def source_kind(path: Path) -> str:
         return "reference"
     if name.endswith((".pt", ".pth")):
         return "pt"
-    raise ValueError(f"{path}: cannot tell what this file is from its name; expected {SOURCES_HELP}")
+    raise ValueError(
+        f"{path}: cannot tell what this file is from its name; expected {SOURCES_HELP}"
+    )
 
 
 def target_kind(dst: Path, to: str | None) -> str:
@@ -134,19 +136,27 @@ def configure_convert(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", metavar="SRC", help=SOURCES_HELP)
     parser.add_argument("dst", metavar="DST", help="output file")
     parser.add_argument(
-        "--to", choices=TARGETS, default=None,
+        "--to",
+        choices=TARGETS,
+        default=None,
         help="output kind; default from DST's suffix (.pth.tar reference, .pt/.safetensors "
         "consolidated); timm writes the target encoder for timm's VisionTransformer",
     )
     parser.add_argument(
-        "--num-heads", type=int, default=None,
+        "--num-heads",
+        type=int,
+        default=None,
         help="encoder heads of a reference source (default: from the standard ViT widths)",
     )
     parser.add_argument(
-        "--pred-num-heads", type=int, default=None,
+        "--pred-num-heads",
+        type=int,
+        default=None,
         help="predictor heads of a reference source (default: the encoder's, as upstream)",
     )
     parser.add_argument(
-        "--no-optimizer", action="store_true", help="leave the AdamW moments out",
+        "--no-optimizer",
+        action="store_true",
+        help="leave the AdamW moments out",
     )
     parser.set_defaults(func=run_convert)

@@ -102,12 +102,20 @@ def _check_suffix(path: Path) -> str:
 
 
 def _to_safetensors(obj: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    # clone(): safetensors refuses tensors that share storage (views of one flat buffer).
-    tensors = {
-        f"{part}/{k}": v.detach().contiguous().clone()
-        for part in MODEL_PARTS
-        for k, v in obj[part].items()
-    }
+    seen: set[int] = set()
+
+    def standalone(tensor: torch.Tensor) -> torch.Tensor:
+        # safetensors refuses tensors that share storage (slices of one flat DeepSpeed
+        # partition, or one tensor under two names): copy those, and only those.
+        tensor = tensor.detach()
+        storage = tensor.untyped_storage()
+        whole = storage.nbytes() == tensor.numel() * tensor.element_size()
+        if whole and tensor.is_contiguous() and storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            return tensor
+        return tensor.contiguous().clone()
+
+    tensors = {f"{part}/{k}": standalone(v) for part in MODEL_PARTS for k, v in obj[part].items()}
     meta = {"format": FORMAT, "version": str(VERSION)}
     meta.update({name: json.dumps(obj.get(name)) for name in JSON_FIELDS})
     optimizer = obj.get("optimizer")
@@ -116,7 +124,7 @@ def _to_safetensors(obj: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], di
     )
     for name, moments in (optimizer or {}).get("state", {}).items():
         for key, value in moments.items():
-            tensors[f"optimizer/{name}/{key}"] = value.detach().contiguous().clone()
+            tensors[f"optimizer/{name}/{key}"] = standalone(value)
     return tensors, meta
 
 
@@ -293,7 +301,11 @@ def build_models(
     enc_kw, pred_kw = consolidated["encoder_kwargs"], consolidated["predictor_kwargs"]
     encoder, predictor = empty_models(enc_kw, pred_kw)
     target, _ = empty_models(enc_kw, pred_kw)
-    for module, part in ((encoder, "encoder"), (predictor, "predictor"), (target, "target_encoder")):
+    for module, part in (
+        (encoder, "encoder"),
+        (predictor, "predictor"),
+        (target, "target_encoder"),
+    ):
         module.load_state_dict(consolidated[part], strict=True, assign=True)
         module.eval()
     return encoder, predictor, target

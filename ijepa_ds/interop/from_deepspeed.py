@@ -1,29 +1,22 @@
 """A DeepSpeed run checkpoint -> one consolidated fp32 dict (see `consolidated`).
 
-Layout read (written by the trainer's saver, `ijepa_ds.checkpoint.layout`)::
+Reads the trainer's layout (`ijepa_ds.checkpoint.layout`): `<run>/config.yaml` (architecture),
+`<run>/checkpoints/latest`, and per step folder `engine/` (engine.save_checkpoint,
+tag "engine"), `target_encoder.pt` ({"state_dict": fp32}), `train_state.pt` (step, epoch, ...).
 
-    <run_dir>/config.yaml                       resolved config: architecture kwargs
-    <run_dir>/checkpoints/latest                name of the newest complete step folder
-    <run_dir>/checkpoints/step_XXXXXXXX/
-        engine/                                 engine.save_checkpoint(tag="engine")
-        target_encoder.pt                       {"state_dict": fp32 target encoder}
-        train_state.pt                          {"step", "epoch", "world_size", ...}
-
-What comes from where:
-- student weights (ZeRO 1-3): DeepSpeed's `get_fp32_state_dict_from_zero_checkpoint` in lazy
-  mode, materialised one tensor at a time (ZeRO-3 gathers per parameter; at ZeRO 1/2 DeepSpeed
-  itself concatenates each group's partitions, so one group is held twice at most). ZeRO 0:
-  the module weights when fp32, the optimizer's fp32 masters when bf16.
-- the fixed sin-cos tables are REGENERATED, never read: zero_to_fp32 drops frozen parameters at
-  ZeRO 1/2 and returns them in bf16 at ZeRO 3.
-- AdamW moments (fp32), ZeRO 0-3: each rank's flat partition of `exp_avg`/`exp_avg_sq` is
-  laid out like its fp32 master partition, so the same walk over the saved parameter shapes
-  (with ZeRO 1/2 alignment paddings, ZeRO-3 per-parameter padding) cuts them into parameters.
-  Not supported (refused with a message): ZeRO 1/2 `elastic_checkpoint`, and DeepSpeed
-  optimizer wrappers whose state holds no per-group `exp_avg`.
-- every DeepSpeed file is first read with `weights_only=True` (plus DeepSpeed's own plain data
-  classes allowlisted), so a file that would run code is refused before DeepSpeed's reader
-  (which unpickles without that check) ever opens it.
+- Student weights, ZeRO 1-3: DeepSpeed's `get_fp32_state_dict_from_zero_checkpoint` in lazy
+  mode, materialised one tensor at a time (ZeRO-3 gathers per parameter; at ZeRO 1/2
+  DeepSpeed itself concatenates each group's partitions first). ZeRO 0: the module weights of
+  fp32 runs, the fp32 masters of DeepSpeed's bf16 wrapper otherwise.
+- Sin-cos tables are REGENERATED, never read: zero_to_fp32 drops frozen parameters at ZeRO 1/2
+  and returns them in bf16 at ZeRO 3.
+- AdamW moments, ZeRO 0-3: a rank's flat `exp_avg`/`exp_avg_sq` partition is laid out like its
+  fp32 master partition, so one walk over the saved parameter shapes (ZeRO 1/2 alignment
+  paddings, ZeRO-3 per-parameter padding) cuts them into parameters. Refused with a message:
+  ZeRO 1/2 `elastic_checkpoint` states and optimizer states without `exp_avg`.
+- Every DeepSpeed file is first read with `weights_only=True` (DeepSpeed's own plain data
+  classes allowlisted): a file that would run code is refused before DeepSpeed's reader, which
+  unpickles without that check, opens it.
 """
 
 import math
@@ -103,7 +96,9 @@ def _slice(parts: list[torch.Tensor], start: int, length: int) -> torch.Tensor:
         offset += part.numel()
     out = torch.cat(pieces) if pieces else torch.empty(0)
     if out.numel() != length:
-        raise ValueError(f"flat partitions end at {offset}, need elements {start}..{start + length}")
+        raise ValueError(
+            f"flat partitions end at {offset}, need elements {start}..{start + length}"
+        )
     return out
 
 
@@ -244,21 +239,31 @@ def _read_engine(step_dir: Path, names: list[list[str]], moments: bool, progress
     for path in model_files[1:]:
         _load_ds_file(path, progress)
     optim = [_load_ds_file(p, progress) for p in _rank_files(engine_dir, "*_optim_states.pt")]
-    if not optim:
-        return (*_zero0(model0, names), names, 0)
-    stage = int(optim[0]["optimizer_state_dict"]["zero_stage"])
-    shapes = model0["param_shapes"]
-    state, groups = {}, []
-    if moments:
-        state, groups = (_zero3_moments if stage == 3 else _zero12_moments)(optim, shapes)
-    del optim
-    return _zero_weights(step_dir, progress), state, groups, [list(s) for s in shapes], stage
+    try:
+        if not optim:
+            return (*_zero0(model0, names), names, 0)
+        stage = int(optim[0]["optimizer_state_dict"]["zero_stage"])
+        shapes = model0["param_shapes"]
+        state, groups = {}, []
+        if moments:
+            state, groups = (_zero3_moments if stage == 3 else _zero12_moments)(optim, shapes)
+        del optim
+        weights = _zero_weights(step_dir, progress)
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"{engine_dir}: unexpected DeepSpeed checkpoint layout ({type(err).__name__}: {err})"
+        ) from err
+    return weights, state, groups, [list(s) for s in shapes], stage
 
 
 def _fill_tables(module: torch.nn.Module, part: str, found: Mapping[str, torch.Tensor], where):
     """`module`'s state dict (reference key order) from `found`, sin-cos table regenerated."""
+    expected = module.state_dict()
+    unknown = sorted(set(found) - set(expected))
+    if unknown:
+        raise ValueError(f"{where}: {part} weights the config's model lacks: {unknown[:5]}")
     out = {}
-    for key, meta in module.state_dict().items():
+    for key, meta in expected.items():
         if key == POS_TABLES[part]:
             out[key] = get_2d_sincos_pos_embed(meta.shape[-1], module.grid_size).unsqueeze(0)
         elif key not in found:
@@ -271,6 +276,11 @@ def _fill_tables(module: torch.nn.Module, part: str, found: Mapping[str, torch.T
         else:
             out[key] = found[key]
     return out
+
+
+def _split(weights: Mapping[str, torch.Tensor], part: str) -> dict[str, torch.Tensor]:
+    """The `part.`-prefixed entries of a student state dict, prefix removed."""
+    return {k.removeprefix(part + "."): v for k, v in weights.items() if k.startswith(part + ".")}
 
 
 def _optimizer(state: dict, hyper: list[dict], saved: list[list[str]], names: list[list[str]]):
@@ -302,28 +312,18 @@ def consolidate_deepspeed(
     encoder, predictor = empty_models(enc_kw, pred_kw)
     names = _reference_names(encoder, predictor)
     weights, state, hyper, saved, stage = _read_engine(step_dir, names, with_optimizer, progress)
-    known = {f"{part}.{k}" for part, m in (("encoder", encoder), ("predictor", predictor))
-             for k in m.state_dict()}
-    if set(weights) - known:
-        raise ValueError(f"{step_dir}: weights the config's model lacks: {sorted(set(weights) - known)[:5]}")
+    stray = sorted(k for k in weights if not k.startswith(("encoder.", "predictor.")))
+    if stray:
+        raise ValueError(f"{step_dir}: weights outside the encoder and predictor: {stray[:5]}")
     train_state = safe_torch_load(step_dir / STATE_FILE, "train state")
     target = safe_torch_load(step_dir / TARGET_FILE, "target encoder file")
     if not isinstance(target, Mapping) or not isinstance(target.get("state_dict"), Mapping):
         raise ValueError(f"{step_dir / TARGET_FILE}: expected a dict with a 'state_dict'")
     where = str(step_dir)
-    student = {
-        part: _fill_tables(
-            module,
-            part,
-            {k.removeprefix(part + "."): v for k, v in weights.items() if k.startswith(part + ".")},
-            where,
-        )
-        for part, module in (("encoder", encoder), ("predictor", predictor))
-    }
     target_sd = {k.removeprefix("module."): v.float() for k, v in target["state_dict"].items()}
     return make_consolidated(
-        student["encoder"],
-        student["predictor"],
+        _fill_tables(encoder, "encoder", _split(weights, "encoder"), where),
+        _fill_tables(predictor, "predictor", _split(weights, "predictor"), where),
         _fill_tables(encoder, "encoder", target_sd, str(step_dir / TARGET_FILE)),
         enc_kw,
         pred_kw,

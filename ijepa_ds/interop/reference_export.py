@@ -35,8 +35,9 @@ METADATA_DEFAULTS = {"loss": None, "batch_size": None, "world_size": 1, "lr": No
 
 def reference_param_names(
     encoder_kwargs: Mapping[str, Any], predictor_kwargs: Mapping[str, Any]
-) -> tuple[list[list[str]], set[str]]:
-    """(names of the 4 reference AdamW groups, frozen included, in index order; frozen names).
+) -> tuple[list[list[str]], set[str], list[dict[str, Any]]]:
+    """(names of the 4 reference AdamW groups, frozen included, in index order; frozen names;
+    each group's own fields, e.g. WD_exclude and weight_decay 0 for the bias groups).
 
     Names are "encoder.<key>" / "predictor.<key>", as in the consolidated optimizer.
     """
@@ -50,12 +51,13 @@ def reference_param_names(
         if not p.requires_grad
     }
     groups = build_param_groups(encoder, predictor, include_frozen=True)
-    return [[names[id(p)] for p in g["params"]] for g in groups], frozen
+    fields = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+    return [[names[id(p)] for p in g["params"]] for g in groups], frozen, fields
 
 
 def _reference_opt(consolidated: Mapping[str, Any]) -> dict[str, Any]:
     """The AdamW state dict a torch.optim.AdamW over the reference groups would save."""
-    groups, frozen = reference_param_names(
+    groups, frozen, defaults = reference_param_names(
         consolidated["encoder_kwargs"], consolidated["predictor_kwargs"]
     )
     optimizer = consolidated["optimizer"]
@@ -65,7 +67,7 @@ def _reference_opt(consolidated: Mapping[str, Any]) -> dict[str, Any]:
     # A real AdamW over meta parameters gives torch's exact group fields and defaults.
     meta = [torch.empty(0, device="meta", requires_grad=True) for g in groups for _ in g]
     chunks, start = [], 0
-    for names, hyper in zip(groups, saved):
+    for names, hyper, own in zip(groups, saved, defaults):
         trainable = [n for n in names if n not in frozen]
         if optimizer and list(hyper.get("params", [])) != trainable:
             raise ValueError(
@@ -73,7 +75,7 @@ def _reference_opt(consolidated: Mapping[str, Any]) -> dict[str, Any]:
                 f"{trainable[:3]}... (a different model or order)"
             )
         fields = {k: v for k, v in hyper.items() if k != "params"}
-        chunks.append({**fields, "params": meta[start : start + len(names)]})
+        chunks.append({**own, **fields, "params": meta[start : start + len(names)]})
         start += len(names)
     state_dict = torch.optim.AdamW(chunks).state_dict()
     flat = [n for names in groups for n in names]
@@ -87,8 +89,9 @@ def _reference_opt(consolidated: Mapping[str, Any]) -> dict[str, Any]:
 def to_reference(consolidated: Mapping[str, Any]) -> dict[str, Any]:
     """Reference `.pth.tar` payload from a consolidated checkpoint.
 
-    Without optimizer state, `opt` still has the 4 groups (hyperparameters from torch's
-    defaults, empty state) so the reference loader's `opt.load_state_dict` works.
+    Without optimizer state, `opt` still has the 4 groups (the reference's group fields,
+    torch's AdamW defaults otherwise; empty state) so the reference loader's
+    `opt.load_state_dict` works and its weight-decay schedule skips the bias groups.
     """
     validate_consolidated(consolidated, "consolidated checkpoint")
     meta = {**METADATA_DEFAULTS, **(consolidated.get("metadata") or {})}
@@ -118,7 +121,7 @@ def _consolidated_optimizer(
     if sizes != [len(g) for g in groups]:
         raise ValueError(
             f"{where}: 'opt' groups hold {sizes} parameters, the model's reference groups "
-            f"{[len(g) for g in groups]} (wrong --num-heads cannot cause this; a different model can)"
+            f"{[len(g) for g in groups]} (a different model)"
         )
     state: dict[str, dict[str, torch.Tensor]] = {}
     param_groups = []
@@ -157,7 +160,7 @@ def from_reference(
     )
     optimizer = None
     if ckpt.opt is not None:
-        groups, frozen = reference_param_names(enc_kw, pred_kw)
+        groups, frozen, _ = reference_param_names(enc_kw, pred_kw)
         optimizer = _consolidated_optimizer(ckpt.opt, groups, frozen, where)
     steps = [int(m["step"]) for m in (optimizer or {"state": {}})["state"].values()]
     meta = {k: v for k, v in ckpt.metadata.items() if k != "epoch"}

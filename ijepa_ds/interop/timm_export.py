@@ -63,8 +63,10 @@ def build_timm_model(kwargs: Mapping[str, Any]) -> nn.Module:
 
 def timm_state_dict(encoder_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm state dict of an encoder state dict (our key names are timm's; fresh tensors)."""
-    return {k.removeprefix("module."): v.detach().float().contiguous().clone()
-            for k, v in encoder_state.items()}
+    return {
+        k.removeprefix("module."): v.detach().float().contiguous().clone()
+        for k, v in encoder_state.items()
+    }
 
 
 def export_timm(consolidated: Mapping[str, Any], path: str | Path) -> Path:
@@ -80,13 +82,16 @@ def export_timm(consolidated: Mapping[str, Any], path: str | Path) -> Path:
     state = timm_state_dict(consolidated["target_encoder"])
     kwargs = timm_kwargs(consolidated["encoder_kwargs"])
     if path.suffix == ".pt":
-        payload = {"format": FORMAT, "state_dict": state, "timm_kwargs": kwargs,
-                   "step": consolidated["step"]}
+        payload = {
+            "format": FORMAT,
+            "state_dict": state,
+            "timm_kwargs": kwargs,
+            "step": consolidated["step"],
+        }
         return atomic_save(path, lambda tmp: torch.save(payload, tmp))
     from safetensors.torch import save_file
 
-    meta = {"format": FORMAT, "timm_kwargs": json.dumps(kwargs),
-            "step": str(consolidated["step"])}
+    meta = {"format": FORMAT, "timm_kwargs": json.dumps(kwargs), "step": str(consolidated["step"])}
     return atomic_save(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 

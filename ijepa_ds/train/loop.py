@@ -28,27 +28,65 @@ class StepStats:
     """Running sums over the micro-batches of the current optimizer step."""
 
     loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    dropped: int = 0  # micro-batches dropped for a non-finite loss (loss.on_nonfinite=skip)
     data_time: float = 0.0
     started: float = field(default_factory=time.perf_counter)
 
 
-def _global_mean(value: torch.Tensor, world_size: int) -> float:
+def _global_sum(value: torch.Tensor, world_size: int) -> float:
     value = value.detach().float().clone()
     if world_size > 1:
         dist.all_reduce(value)
-    return value.item() / world_size
+    return value.item()
 
 
-def _raise_if_nonfinite(loss: torch.Tensor, step: int) -> None:
-    """Stop every rank together when any rank's loss is not finite (no rank left hanging)."""
+def _any_rank_nonfinite(loss: torch.Tensor) -> bool:
+    """True on every rank when any rank's loss is not finite (one tiny all-reduce)."""
     bad = (~torch.isfinite(loss.detach())).float().reshape(1)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(bad)
-    if bad.item() > 0:
-        raise NonFiniteLossError(
-            f"non-finite loss ({loss.item()}) at optimizer step {step + 1}: stopping before "
-            "the update so no checkpoint holds NaNs; try a lower schedule.lr or check the data"
-        )
+    return bad.item() > 0
+
+
+def _nonfinite_error(loss: torch.Tensor, step: int) -> NonFiniteLossError:
+    return NonFiniteLossError(
+        f"non-finite loss ({loss.item()}) at optimizer step {step + 1}: stopping before the "
+        "update so no checkpoint holds NaNs; try a lower schedule.lr, check the data, or set "
+        "loss.on_nonfinite=skip to drop such batches"
+    )
+
+
+def micro_step(trainer: Trainer, batch, step: int) -> tuple[torch.Tensor | None, tuple]:
+    """Forward + backward + ``engine.step`` of one micro-batch.
+
+    Returns (loss or None when the micro-batch was dropped, tensors for the hooks). With
+    ``loss.on_nonfinite=skip`` a micro-batch whose loss is not finite on any rank is replaced,
+    on every rank, by a zero-weight pass on blank images: its gradient contribution is exactly
+    zero and DeepSpeed's accumulation counters stay aligned. If even that is not finite the
+    weights themselves are broken and the run stops.
+    """
+    cfg, engine = trainer.cfg, trainer.engine
+    imgs, _, _, masks_enc, masks_pred = move_batch(batch, trainer.device)
+    loss, h = compute_loss(
+        engine, trainer.target, imgs, masks_enc, masks_pred, cfg.loss.kind, cfg.optim.precision
+    )
+    tensors = (imgs, masks_enc, masks_pred, h)
+    if not _any_rank_nonfinite(loss):
+        engine.backward(loss)
+        engine.step()
+        return loss.detach(), tensors
+    if cfg.loss.on_nonfinite != "skip":
+        raise _nonfinite_error(loss, step)
+    blank, _ = compute_loss(
+        engine, trainer.target, torch.zeros_like(imgs), masks_enc, masks_pred, cfg.loss.kind,
+        cfg.optim.precision,
+    )
+    if _any_rank_nonfinite(blank):
+        raise _nonfinite_error(loss, step)
+    log.warning("non-finite loss at optimizer step %d: micro-batch dropped", step + 1)
+    engine.backward(blank * 0.0)
+    engine.step()
+    return None, tensors
 
 
 def train_loop(trainer: Trainer, start_step: int, hooks=()) -> list[float]:
@@ -59,7 +97,7 @@ def train_loop(trainer: Trainer, start_step: int, hooks=()) -> list[float]:
     timings) and the last micro-batch's ``(imgs, masks_enc, masks_pred, target_features)``.
     A hook returning True stops the loop after that step (e.g. saved for preemption).
     """
-    cfg, engine, target, sched = trainer.cfg, trainer.engine, trainer.target, trainer.schedule
+    engine, target, sched = trainer.engine, trainer.target, trainer.schedule
     world, accum = trainer.dist_env.world_size, trainer.accumulation
     losses: list[float] = []
     step, micro = start_step, 0
@@ -70,25 +108,24 @@ def train_loop(trainer: Trainer, start_step: int, hooks=()) -> list[float]:
         if micro == 0:
             lr, wd = sched.lr_at(step), sched.wd_at(step)
             set_lr_wd(engine.optimizer.param_groups, lr, wd)
-        imgs, _, _, masks_enc, masks_pred = move_batch(batch, trainer.device)
-        loss, h = compute_loss(
-            engine, target, imgs, masks_enc, masks_pred, cfg.loss.kind, cfg.optim.precision
-        )
-        _raise_if_nonfinite(loss, step)
-        engine.backward(loss)
-        engine.step()
-        stats.loss += loss.detach().cpu()
+        loss, tensors = micro_step(trainer, batch, step)
+        if loss is None:
+            stats.dropped += 1
+        else:
+            stats.loss += loss.cpu()
         micro += 1
         if micro == accum:
             momentum = sched.momentum_at(step)
             if engine.was_step_applied():
                 target.ema_update(momentum)
             step, micro = step + 1, 0
-            step_loss = _global_mean(stats.loss / accum, world)
+            kept = _global_sum(torch.tensor([accum - stats.dropped], dtype=torch.float32), world)
+            step_loss = _global_sum(stats.loss, world) / kept if kept else float("nan")
             losses.append(step_loss)
             info = dict(loss=step_loss, lr=lr, wd=wd, momentum=momentum)
+            info["dropped_micro_batches"] = world * accum - kept
             info.update(step_time=time.perf_counter() - stats.started, data_time=stats.data_time)
-            stop = [hook(step, info, (imgs, masks_enc, masks_pred, h)) for hook in hooks]
+            stop = [hook(step, info, tensors) for hook in hooks]
             if any(stop):
                 break
             stats = StepStats()

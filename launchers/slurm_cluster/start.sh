@@ -253,10 +253,10 @@ start_accounting() {
       --auth-root-authentication-method=normal --skip-name-resolve >"$LOG/mariadb-init.log" 2>&1 ||
       fail "mariadb-install-db failed (see $LOG/mariadb-init.log)"
   fi
-  # mariadbd stays in the foreground: detach it into its own session.
-  detached setsid mariadbd --no-defaults --datadir="$ROOT/db/data" --socket="$ROOT/db/socket" \
+  # mariadbd stays in the foreground: setsid -f forks it into its own session and returns.
+  detached setsid -f mariadbd --no-defaults --datadir="$ROOT/db/data" --socket="$ROOT/db/socket" \
     --port="$DB_PORT" --bind-address=127.0.0.1 --user=root --pid-file="$RUN/mariadbd.pid" \
-    --log-error="$LOG/mariadbd.log" --skip-name-resolve --innodb-buffer-pool-size=32M &
+    --log-error="$LOG/mariadbd.log" --skip-name-resolve --innodb-buffer-pool-size=32M
   retry_for "$WAIT_S" sql "select 1" || fail "MariaDB did not come up (see $LOG/mariadbd.log)"
   sql "CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'ijepa-ci';
        GRANT ALL ON ijepa_slurm_acct.* TO 'slurm'@'127.0.0.1'; FLUSH PRIVILEGES;"

@@ -36,8 +36,10 @@ def consolidated_file(fixture_file, tmp_path_factory):
 def test_reference_to_consolidated(consolidated_file, fixture_file, capsys):
     ours = load_consolidated(consolidated_file)
     original = load_reference_checkpoint(fixture_file)
-    assert torch.equal(ours["target_encoder"]["blocks.2.mlp.fc2.weight"],
-                       original.target_encoder["blocks.2.mlp.fc2.weight"])
+    assert torch.equal(
+        ours["target_encoder"]["blocks.2.mlp.fc2.weight"],
+        original.target_encoder["blocks.2.mlp.fc2.weight"],
+    )
     assert ours["encoder_kwargs"]["num_heads"] == 3 and ours["optimizer"] is not None
 
 
@@ -96,8 +98,11 @@ def test_deepspeed_run_and_step_folders(tmp_path, capsys):
         ("dir", ["{tmp}/folder", "{tmp}/out.pt"], r"folder: a folder, but not a checkpoint"),
         ("junk", ["{tmp}/junk.pt", "{tmp}/out.pt"], r"junk\.pt: neither a consolidated nor a"),
         ("junk", ["{tmp}/junk.pt", "{tmp}/out.onnx"], r"out\.onnx: cannot tell the output format"),
-        ("junk", ["{tmp}/junk.pt", "{tmp}/out.pth.tar", "--to", "timm"],
-         r"out\.pth\.tar: a timm output ends in \.safetensors or \.pt"),
+        (
+            "junk",
+            ["{tmp}/junk.pt", "{tmp}/out.pth.tar", "--to", "timm"],
+            r"out\.pth\.tar: a timm output ends in \.safetensors or \.pt",
+        ),
         ("junk", ["{tmp}/junk.bin", "{tmp}/out.pt"], r"junk\.bin: cannot tell what this file is"),
         ("cut", ["{tmp}/cut.safetensors", "{tmp}/out.pt"], r"cut\.safetensors: unreadable"),
     ],

@@ -18,10 +18,27 @@ from ijepa_ds.interop.consolidated import (
 from ijepa_ds.models import VisionTransformer, VisionTransformerPredictor
 from ijepa_ds.train.param_groups import build_param_groups
 
-ENC_KW = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2, num_heads=2,
-              mlp_ratio=4.0, qkv_bias=True, norm_eps=1e-6)
-PRED_KW = dict(grid_size=(4, 4), embed_dim=32, predictor_embed_dim=16, depth=1, num_heads=2,
-               mlp_ratio=4.0, qkv_bias=True, norm_eps=1e-6)
+ENC_KW = dict(
+    img_size=16,
+    patch_size=4,
+    in_chans=3,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    mlp_ratio=4.0,
+    qkv_bias=True,
+    norm_eps=1e-6,
+)
+PRED_KW = dict(
+    grid_size=(4, 4),
+    embed_dim=32,
+    predictor_embed_dim=16,
+    depth=1,
+    num_heads=2,
+    mlp_ratio=4.0,
+    qkv_bias=True,
+    norm_eps=1e-6,
+)
 
 
 def native_consolidated() -> dict:
@@ -38,7 +55,10 @@ def native_consolidated() -> dict:
     names.update({id(p): f"predictor.{n}" for n, p in predictor.named_parameters()})
     optimizer = {
         "param_groups": [
-            {**{k: v for k, v in g.items() if k != "params"}, "params": [names[id(p)] for p in g["params"]]}
+            {
+                **{k: v for k, v in g.items() if k != "params"},
+                "params": [names[id(p)] for p in g["params"]],
+            }
             for g in opt.param_groups
         ],
         "state": {names[id(p)]: dict(s) for p, s in opt.state.items()},
@@ -47,8 +67,13 @@ def native_consolidated() -> dict:
         {k: v.detach() for k, v in encoder.state_dict().items()},
         {k: v.detach() for k, v in predictor.state_dict().items()},
         {k: v.detach() for k, v in target.state_dict().items()},
-        ENC_KW, PRED_KW, config={"model": {"name": "vit_tiny", "crop_scale": [0.3, 1.0]}},
-        step=1, epoch=0, optimizer=optimizer, metadata={"loss": 0.5, "world_size": 2},
+        ENC_KW,
+        PRED_KW,
+        config={"model": {"name": "vit_tiny", "crop_scale": [0.3, 1.0]}},
+        step=1,
+        epoch=0,
+        optimizer=optimizer,
+        metadata={"loss": 0.5, "world_size": 2},
     )
 
 
@@ -83,6 +108,15 @@ def test_round_trip_is_lossless(tmp_path, native, suffix):
     assert [p.name for p in tmp_path.iterdir()] == [f"ckpt{suffix}"]  # no temporary left
 
 
+def test_shared_and_sliced_tensors_are_saved(tmp_path, native):
+    flat = torch.arange(40.0)  # mask_token: a view into a larger buffer, as DeepSpeed gives
+    obj = {**native, "target_encoder": native["encoder"]}  # one tensor under two names
+    obj["predictor"] = {**native["predictor"], "mask_token": flat[8:24].view(1, 1, 16)}
+    loaded = load_consolidated(save_consolidated(obj, tmp_path / "shared.safetensors"))
+    assert torch.equal(loaded["predictor"]["mask_token"], flat[8:24].view(1, 1, 16))
+    assert_same(loaded["target_encoder"], loaded["encoder"])
+
+
 def test_pt_file_is_plain_weights_only_torch(tmp_path, native):
     path = save_consolidated(native, tmp_path / "ckpt.pt")
     raw = torch.load(path, weights_only=True)
@@ -98,8 +132,9 @@ def test_safetensors_layout(tmp_path, native):
         keys, meta = set(f.keys()), f.metadata()
     assert "encoder/pos_embed" in keys and "target_encoder/norm.bias" in keys
     assert "predictor/mask_token" in keys
-    assert {"optimizer/encoder.blocks.0.attn.qkv.weight/" + k
-            for k in ("exp_avg", "exp_avg_sq", "step")} <= keys
+    assert {
+        "optimizer/encoder.blocks.0.attn.qkv.weight/" + k for k in ("exp_avg", "exp_avg_sq", "step")
+    } <= keys
     assert meta["format"] == "ijepa_ds.consolidated" and '"loss": 0.5' in meta["metadata"]
 
 

@@ -10,33 +10,69 @@ gives fc1 195 outputs, an odd size, so ZeRO-3 pads and ZeRO 1/2 align across the
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import assert_ok, torchrun
+from tests.helpers import assert_ok, cpu_env, torchrun
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 RUNS = ("0:bf16", "1:fp32", "2:bf16", "3:bf16")
 STEPS = 2
 OVERRIDES = [
-    "data.dataset=synthetic", "data.synthetic_size=16", "data.crop_size=32",
-    "data.normalize_mean=[0.5,0.5,0.5]", "data.normalize_std=[0.25,0.25,0.25]",
-    "data.batch_size=2", "data.global_batch_size=4", "data.num_workers=0",
-    "data.pin_memory=false", "data.persistent_workers=false",
-    "model.name=vit_tiny", "model.patch_size=4", "model.in_chans=3", "model.embed_dim=48",
-    "model.depth=2", "model.num_heads=3", "model.mlp_ratio=4.0625", "model.pred_depth=1",
-    "model.pred_emb_dim=24", "model.pred_num_heads=2", "mask.min_keep=2",
-    "schedule.epochs=2", "schedule.warmup_epochs=0.5", f"schedule.max_steps={STEPS}",
-    "logging.tensorboard=false", "logging.jsonl=false",
+    "data.dataset=synthetic",
+    "data.synthetic_size=16",
+    "data.crop_size=32",
+    "data.normalize_mean=[0.5,0.5,0.5]",
+    "data.normalize_std=[0.25,0.25,0.25]",
+    "data.batch_size=2",
+    "data.global_batch_size=4",
+    "data.num_workers=0",
+    "data.pin_memory=false",
+    "data.persistent_workers=false",
+    "model.name=vit_tiny",
+    "model.patch_size=4",
+    "model.in_chans=3",
+    "model.embed_dim=48",
+    "model.depth=2",
+    "model.num_heads=3",
+    "model.mlp_ratio=4.0625",
+    "model.pred_depth=1",
+    "model.pred_emb_dim=24",
+    "model.pred_num_heads=2",
+    "mask.min_keep=2",
+    "schedule.epochs=2",
+    "schedule.warmup_epochs=0.5",
+    f"schedule.max_steps={STEPS}",
+    "logging.tensorboard=false",
+    "logging.jsonl=false",
 ]
 
 
 def write_deepspeed_runs(root: Path, runs: tuple[str, ...] = RUNS, nproc: int = 2) -> dict:
-    """Run folders `root/zero{stage}_{precision}` written by the worker; {run: folder}."""
-    assert_ok(torchrun(nproc, Path(__file__), str(root), *runs, timeout=300))
+    """Run folders `root/zero{stage}_{precision}` written by the worker; {run: folder}.
+
+    nproc 1 runs the worker as a plain process with the launcher variables set (no torchrun
+    start-up cost); more ranks go through torchrun.
+    """
+    if nproc == 1:
+        from ijepa_ds.distributed import free_port
+
+        env = cpu_env(
+            RANK="0",
+            LOCAL_RANK="0",
+            WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(free_port()),
+        )
+        cmd = [sys.executable, str(Path(__file__)), str(root), *runs]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    else:
+        proc = torchrun(nproc, Path(__file__), str(root), *runs, timeout=300)
+    assert_ok(proc)
     return {run: root / "zero{}_{}".format(*run.split(":")) for run in runs}
 
 
@@ -50,14 +86,19 @@ def _engine_values(engine, stage: int) -> dict:
     opt = engine.optimizer
     if stage == 0:  # no ZeRO mapping: DeepSpeed's bf16 wrapper pairs params with fp32 masters
         pairs = (
-            [(lp, hp, opt.optimizer.state[hp]) for lg, hg in zip(opt.fp16_groups, opt.fp32_groups)
-             for lp, hp in zip(lg, hg)]
+            [
+                (lp, hp, opt.optimizer.state[hp])
+                for lg, hg in zip(opt.fp16_groups, opt.fp32_groups)
+                for lp, hp in zip(lg, hg)
+            ]
             if hasattr(opt, "fp32_groups")
             else [(p, p, opt.state[p]) for g in opt.param_groups for p in g["params"]]
         )
         for lp, hp, st in pairs:
             out["weights"][names[id(lp)]] = hp.detach().float().clone()
-            out["moments"][names[id(lp)]] = {k: st[k].clone() for k in ("exp_avg", "exp_avg_sq", "step")}
+            out["moments"][names[id(lp)]] = {
+                k: st[k].clone() for k in ("exp_avg", "exp_avg_sq", "step")
+            }
     else:
         if stage in (1, 2):
             # DeepSpeed 0.19.8 links parameters to their optimizer-state fragments after the
@@ -69,7 +110,8 @@ def _engine_values(engine, stage: int) -> dict:
             if p.requires_grad:
                 out["weights"][name] = safe_get_full_fp32_param(p).clone()
                 out["moments"][name] = {
-                    k: safe_get_full_optimizer_state(p, k).clone() for k in ("exp_avg", "exp_avg_sq")
+                    k: safe_get_full_optimizer_state(p, k).clone()
+                    for k in ("exp_avg", "exp_avg_sq")
                 }
     return out
 
@@ -102,8 +144,14 @@ def _save_run(env, run: str, root: Path) -> None:
     if env.rank == 0:
         dump_yaml(cfg, run_dir / "config.yaml")
         torch.save({"state_dict": target}, step_dir / "target_encoder.pt")
-        state = {"step": STEPS, "epoch": 0, "world_size": env.world_size,
-                 "zero_stage": int(stage), "config_hash": config_hash(cfg), "rng": []}
+        state = {
+            "step": STEPS,
+            "epoch": 0,
+            "world_size": env.world_size,
+            "zero_stage": int(stage),
+            "config_hash": config_hash(cfg),
+            "rng": [],
+        }
         torch.save(state, step_dir / "train_state.pt")
         (step_dir / "COMPLETE").write_text(json.dumps({"step": STEPS}))
         (run_dir / "checkpoints" / "latest").write_text(step_dir.name + "\n")
@@ -163,7 +211,9 @@ def test_position_tables_are_the_regenerated_sincos(converted, run):
     got = converted[run]
     assert torch.equal(got["encoder"]["pos_embed"], get_2d_sincos_pos_embed(48, 8)[None])
     assert torch.equal(got["target_encoder"]["pos_embed"], get_2d_sincos_pos_embed(48, 8)[None])
-    assert torch.equal(got["predictor"]["predictor_pos_embed"], get_2d_sincos_pos_embed(24, 8)[None])
+    assert torch.equal(
+        got["predictor"]["predictor_pos_embed"], get_2d_sincos_pos_embed(24, 8)[None]
+    )
 
 
 @pytest.mark.parametrize("run", RUNS)
@@ -174,7 +224,9 @@ def test_target_encoder_is_what_was_saved(runs, converted, run):
     for key, value in saved.items():
         assert got[key].dtype == torch.float32 and torch.equal(got[key], value), key
     # EMA after 2 steps: the target moved away from the student.
-    assert not torch.equal(got["blocks.0.attn.qkv.weight"], converted[run]["encoder"]["blocks.0.attn.qkv.weight"])
+    assert not torch.equal(
+        got["blocks.0.attn.qkv.weight"], converted[run]["encoder"]["blocks.0.attn.qkv.weight"]
+    )
 
 
 @pytest.mark.parametrize("run", RUNS)
@@ -195,11 +247,34 @@ def test_optimizer_moments_and_groups(runs, converted, run):
     assert groups[2]["weight_decay"] == 0.0 and groups[0]["weight_decay"] > 0.04
 
 
+@pytest.mark.parametrize("run", ["1:fp32", "3:bf16"])
+def test_reference_round_trip_is_lossless(tmp_path, converted, run):
+    from ijepa_ds.interop.reference_export import from_reference, save_reference, to_reference
+    from tests.interop.test_consolidated import assert_same
+
+    ours = converted[run]
+    path = save_reference(to_reference(ours), tmp_path / "run.pth.tar")
+    back = from_reference(path, num_heads=3, pred_num_heads=2)
+    for key in (
+        "encoder",
+        "predictor",
+        "target_encoder",
+        "optimizer",
+        "encoder_kwargs",
+        "predictor_kwargs",
+        "step",
+        "epoch",
+    ):
+        assert_same(ours[key], back[key], key)
+
+
 def test_metadata_and_architecture(runs, converted):
     got = converted["3:bf16"]
     assert got["step"] == STEPS and got["epoch"] == 0
     assert got["metadata"]["world_size"] == 2 and got["metadata"]["zero_stage"] == 3
-    assert got["encoder_kwargs"]["mlp_ratio"] == 4.0625 and got["predictor_kwargs"]["num_heads"] == 2
+    assert (
+        got["encoder_kwargs"]["mlp_ratio"] == 4.0625 and got["predictor_kwargs"]["num_heads"] == 2
+    )
     assert got["config"]["model"]["embed_dim"] == 48
 
 

@@ -38,15 +38,23 @@ class DDP(nn.Module):
 def reference_layout(model: dict):
     """Models and AdamW exactly as the reference training script builds them."""
     encoder = VisionTransformer(
-        img_size=model["img_size"], patch_size=model["patch_size"], embed_dim=model["embed_dim"],
-        depth=model["depth"], num_heads=model["num_heads"], mlp_ratio=model["mlp_ratio"],
+        img_size=model["img_size"],
+        patch_size=model["patch_size"],
+        embed_dim=model["embed_dim"],
+        depth=model["depth"],
+        num_heads=model["num_heads"],
+        mlp_ratio=model["mlp_ratio"],
     )
     predictor = build_predictor(
         encoder, predictor_embed_dim=model["pred_embed_dim"], depth=model["pred_depth"]
     )
     target = VisionTransformer(
-        img_size=model["img_size"], patch_size=model["patch_size"], embed_dim=model["embed_dim"],
-        depth=model["depth"], num_heads=model["num_heads"], mlp_ratio=model["mlp_ratio"],
+        img_size=model["img_size"],
+        patch_size=model["patch_size"],
+        embed_dim=model["embed_dim"],
+        depth=model["depth"],
+        num_heads=model["num_heads"],
+        mlp_ratio=model["mlp_ratio"],
     )
     opt = torch.optim.AdamW(build_param_groups(encoder, predictor, include_frozen=True))
     return DDP(encoder), DDP(predictor), DDP(target), opt
@@ -56,9 +64,16 @@ def test_architecture_is_inferred(ours, reference_expected):
     model = reference_expected["model"]
     enc, pred = ours["encoder_kwargs"], ours["predictor_kwargs"]
     assert (enc["img_size"], enc["patch_size"], enc["embed_dim"], enc["depth"]) == (
-        model["img_size"], model["patch_size"], model["embed_dim"], model["depth"])
+        model["img_size"],
+        model["patch_size"],
+        model["embed_dim"],
+        model["depth"],
+    )
     assert (pred["predictor_embed_dim"], pred["depth"], pred["num_heads"]) == (
-        model["pred_embed_dim"], model["pred_depth"], model["num_heads"])
+        model["pred_embed_dim"],
+        model["pred_depth"],
+        model["num_heads"],
+    )
     assert ours["step"] == 3 and ours["epoch"] == 1  # 3 AdamW steps in epoch 0
     assert ours["metadata"]["loss"] == pytest.approx(0.4423, abs=1e-4)
 
@@ -111,8 +126,16 @@ def test_ours_to_reference_to_ours_is_lossless(tmp_path):
     native = native_consolidated()
     path = save_reference(to_reference(native), tmp_path / "native.pth.tar")
     back = from_reference(path, num_heads=2)
-    for key in ("encoder", "predictor", "target_encoder", "optimizer", "encoder_kwargs",
-                "predictor_kwargs", "step", "epoch"):
+    for key in (
+        "encoder",
+        "predictor",
+        "target_encoder",
+        "optimizer",
+        "encoder_kwargs",
+        "predictor_kwargs",
+        "step",
+        "epoch",
+    ):
         assert_same(native[key], back[key], key)
     assert back["metadata"]["loss"] == native["metadata"]["loss"]
     assert back["config"] is None  # the reference format has no place for it
@@ -131,6 +154,9 @@ def test_without_optimizer_the_groups_still_load(ours, reference_expected):
     _, _, _, opt = reference_layout(reference_expected["model"])
     opt.load_state_dict(exported["opt"])
     assert exported["opt"]["state"] == {}
+    groups = exported["opt"]["param_groups"]
+    assert [g.get("WD_exclude", False) for g in groups] == [False, False, True, True]
+    assert groups[2]["weight_decay"] == groups[3]["weight_decay"] == 0
 
 
 def test_head_count_must_be_given_for_unusual_widths(fixture_path):
