@@ -94,8 +94,13 @@ def raw_pixel_rows(eval_cfg) -> list[dict]:
     import torch
     from torch.utils.data import DataLoader
 
-    from ijepa_ds.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST
-    from ijepa_ds.data import build_eval_transform, default_root
+    from ijepa_ds.data import (
+        FASHION_MNIST_MEAN,
+        FASHION_MNIST_STD,
+        FashionMNIST,
+        build_eval_transform,
+        default_root,
+    )
     from ijepa_ds.eval import FeatureSet, ProbeConfig, knn_classify, linear_probe
 
     transform = build_eval_transform(28, 28, FASHION_MNIST_MEAN, FASHION_MNIST_STD)

@@ -60,7 +60,9 @@ class Schedule:
         # Clamped at 1 so steps past the end (max_steps beyond the schedule) stay at final_lr
         # instead of climbing back up the cosine; inside the schedule this is the reference.
         progress = min(1.0, (t - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        value = self.final_lr + (self.lr - self.final_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        value = self.final_lr + (self.lr - self.final_lr) * 0.5 * (
+            1.0 + math.cos(math.pi * progress)
+        )
         return max(self.final_lr, value)
 
     def wd_at(self, step: int) -> float:

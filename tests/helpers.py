@@ -24,8 +24,13 @@ def cpu_env(**extra: str) -> dict[str, str]:
 def torchrun(nproc: int, script: str | Path, *args: str, timeout: float = 600, cwd=None):
     """``torchrun --standalone --nproc_per_node nproc script args``; returns CompletedProcess."""
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={nproc}", str(script), *args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(script),
+        *args,
     ]
     return subprocess.run(
         cmd, env=cpu_env(), cwd=cwd, capture_output=True, text=True, timeout=timeout
@@ -33,4 +38,6 @@ def torchrun(nproc: int, script: str | Path, *args: str, timeout: float = 600, c
 
 
 def assert_ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    )

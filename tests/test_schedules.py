@@ -9,8 +9,13 @@ from ijepa_ds.schedules import Schedule
 
 def _schedule(ipe=10, epochs=2, warmup_epochs=1, ipe_scale=1.0, **kw):
     values = dict(
-        start_lr=2e-4, lr=1e-3, final_lr=1e-6, weight_decay=0.04, final_weight_decay=0.4,
-        momentum_start=0.996, momentum_end=1.0,
+        start_lr=2e-4,
+        lr=1e-3,
+        final_lr=1e-6,
+        weight_decay=0.04,
+        final_weight_decay=0.4,
+        momentum_start=0.996,
+        momentum_end=1.0,
     )
     values.update(kw)
     return Schedule.from_epochs(ipe, epochs, warmup_epochs, ipe_scale, **values)
@@ -19,10 +24,17 @@ def _schedule(ipe=10, epochs=2, warmup_epochs=1, ipe_scale=1.0, **kw):
 def test_reproduces_reference_train_steps_exactly(reference_expected):
     s = reference_expected["schedule"]
     sched = Schedule.from_epochs(
-        s["ipe"], s["epochs"], s["warmup_epochs"], 1.0,
-        start_lr=s["start_lr"], lr=s["lr"], final_lr=s["final_lr"],
-        weight_decay=s["wd"], final_weight_decay=s["final_wd"],
-        momentum_start=s["ema"][0], momentum_end=s["ema"][1],
+        s["ipe"],
+        s["epochs"],
+        s["warmup_epochs"],
+        1.0,
+        start_lr=s["start_lr"],
+        lr=s["lr"],
+        final_lr=s["final_lr"],
+        weight_decay=s["wd"],
+        final_weight_decay=s["final_wd"],
+        momentum_start=s["ema"][0],
+        momentum_end=s["ema"][1],
     )
     for step, ref in enumerate(reference_expected["train_steps"]):
         assert sched.lr_at(step) == ref["lr"]
@@ -63,4 +75,7 @@ def test_pure_function_of_step():
     a, b = _schedule(), _schedule()
     for step in [7, 3, 15, 0]:
         assert (a.lr_at(step), a.wd_at(step), a.momentum_at(step)) == (
-            b.lr_at(step), b.wd_at(step), b.momentum_at(step))
+            b.lr_at(step),
+            b.wd_at(step),
+            b.momentum_at(step),
+        )

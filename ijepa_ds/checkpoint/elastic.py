@@ -48,10 +48,17 @@ def convert_to_universal(folder: Path) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     cmd = [
-        sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
-        "--input_folder", str(folder / ENGINE_TAG),
-        "--output_folder", str(tmp / ENGINE_TAG),
-        "--num_extract_workers", "1", "--num_merge_workers", "1",
+        sys.executable,
+        "-m",
+        "deepspeed.checkpoint.ds_to_universal",
+        "--input_folder",
+        str(folder / ENGINE_TAG),
+        "--output_folder",
+        str(tmp / ENGINE_TAG),
+        "--num_extract_workers",
+        "1",
+        "--num_merge_workers",
+        "1",
     ]
     env = dict(os.environ)
     env.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
@@ -97,9 +104,7 @@ def fix_zero3_universal_groups(engine, group_hparams: list[dict]) -> None:
 def load_elastic(trainer, folder: Path, state) -> None:
     """Load the universal form of ``folder`` into an engine built with ``load_universal``."""
     engine = trainer.engine
-    hparams = [
-        {k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups
-    ]
+    hparams = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
     path, _ = engine.load_checkpoint(
         str(folder / UNIVERSAL), tag=ENGINE_TAG, load_lr_scheduler_states=False
     )
@@ -109,6 +114,8 @@ def load_elastic(trainer, folder: Path, state) -> None:
         fix_zero3_universal_groups(engine, hparams)
     log.info(
         "elastic resume: %d ranks (ZeRO %d) -> %d ranks (ZeRO %d)",
-        state.world_size, state.zero_stage, trainer.dist_env.world_size,
+        state.world_size,
+        state.zero_stage,
+        trainer.dist_env.world_size,
         engine.zero_optimization_stage(),
     )

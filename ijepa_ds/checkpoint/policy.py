@@ -27,8 +27,14 @@ class SavePolicy:
         clock: seconds, injectable for tests.
     """
 
-    def __init__(self, every_steps: int, every_minutes: float, save_at_end: bool,
-                 total_steps: int, clock=time.monotonic):
+    def __init__(
+        self,
+        every_steps: int,
+        every_minutes: float,
+        save_at_end: bool,
+        total_steps: int,
+        clock=time.monotonic,
+    ):
         self.every_steps = every_steps
         self.every_seconds = every_minutes * 60.0
         self.save_at_end = save_at_end
@@ -56,7 +62,9 @@ class SavePolicy:
         local = torch.tensor(
             [
                 float(bool(self.every_steps) and step % self.every_steps == 0),
-                float(bool(self.every_seconds) and self.clock() - self.last_save >= self.every_seconds),
+                float(
+                    bool(self.every_seconds) and self.clock() - self.last_save >= self.every_seconds
+                ),
                 float(self.save_requested),
                 float(self.stop_requested),
                 float(self.save_at_end and step >= self.total_steps),

@@ -120,8 +120,11 @@ def load_target(trainer, state_dict: dict[str, torch.Tensor], source: Path) -> N
 
 def prepare_resume(folder: Path, dist_env, ds_config: dict) -> None:
     """Before the engine exists: switch to a universal load when world size or stage changed."""
-    from ijepa_ds.checkpoint.elastic import enable_universal_load, needs_universal
-    from ijepa_ds.checkpoint.elastic import prepare_universal
+    from ijepa_ds.checkpoint.elastic import (
+        enable_universal_load,
+        needs_universal,
+        prepare_universal,
+    )
     from ijepa_ds.train.ds_config import zero_stage
 
     state = load_train_state(folder)

@@ -52,7 +52,11 @@ def universal_client_state() -> dict:
         UNIVERSAL_CHECKPOINT_VERSION_VALUE,
     )
 
-    return {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
+    return {
+        UNIVERSAL_CHECKPOINT_INFO: {
+            UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE
+        }
+    }
 
 
 def target_state_dict(target) -> dict[str, torch.Tensor]:

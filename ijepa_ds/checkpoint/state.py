@@ -32,8 +32,13 @@ def restore_rng(state: dict) -> None:
 
 def _numpy_state_to_plain(state) -> dict:
     kind, keys, pos, has_gauss, gauss = state
-    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    return {
+        "kind": kind,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "gauss": float(gauss),
+    }
 
 
 def _plain_to_numpy_state(plain: dict):

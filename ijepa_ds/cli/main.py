@@ -14,6 +14,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from ijepa_ds.cli.convert_cmd import configure_convert
+from ijepa_ds.cli.train_cmd import configure_train
 from ijepa_ds.config import (
     Config,
     ConfigError,
@@ -26,7 +28,6 @@ from ijepa_ds.config import (
     validate_paths,
 )
 from ijepa_ds.config.loader import preset_summary, type_name
-from ijepa_ds.cli.train_cmd import configure_train
 
 Configure = Callable[[argparse.ArgumentParser], None]
 
@@ -104,6 +105,7 @@ def configure_config(parser: argparse.ArgumentParser) -> None:
 COMMANDS: list[tuple[str, str, Configure]] = [
     ("config", "show, list and document run configs", configure_config),
     ("train", "pretrain I-JEPA (one process, torchrun, deepspeed or srun)", configure_train),
+    ("convert", "convert DeepSpeed / consolidated / reference / timm checkpoints", configure_convert),
 ]
 
 

@@ -19,10 +19,11 @@ class NonFiniteLossError(RuntimeError):
         self.step = step
         self.value = value
         super().__init__(
-            f"non-finite loss {value} at step {step}. Things to try: lower the learning rate "
-            "(optim.lr) or lengthen its warmup; check the input data for NaN/inf values or "
-            "corrupt images; prefer bf16 over fp16; or set loss.on_nonfinite=skip to skip "
-            "such steps instead of stopping."
+            f"non-finite loss {value} at optimizer step {step}, stopped before the update so no "
+            "checkpoint holds it. Things to try: lower the learning rate (schedule.lr) or "
+            "lengthen its warmup (schedule.warmup_epochs); check the input data for NaN/inf "
+            "values or corrupt images; prefer bf16 over fp16; or set loss.on_nonfinite=skip to "
+            "drop such micro-batches instead of stopping."
         )
 
 

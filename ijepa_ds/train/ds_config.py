@@ -65,7 +65,8 @@ def _fill(ds: dict, dotted: str, value: Any, ours: str) -> None:
 
 
 def build_ds_config(cfg, world_size: int) -> dict[str, Any]:
-    """Resolved DeepSpeed config dict for ``cfg`` (an ``ijepa_ds.config.Config``) on ``world_size`` ranks."""
+    """Resolved DeepSpeed config for ``cfg`` (an ``ijepa_ds.config.Config``) on ``world_size``
+    ranks."""
     ds = copy.deepcopy(load_ds_json(cfg.deepspeed.config))
     micro = cfg.data.batch_size
     accum = accumulation_steps(cfg.data.global_batch_size, micro, world_size)

@@ -6,8 +6,10 @@ from typing import Any
 
 import torch
 
-from ijepa_ds.train.act_ckpt import apply_activation_checkpointing
-from ijepa_ds.train.act_ckpt import configure_deepspeed_checkpointing
+from ijepa_ds.train.act_ckpt import (
+    apply_activation_checkpointing,
+    configure_deepspeed_checkpointing,
+)
 from ijepa_ds.train.ds_config import zero_stage
 from ijepa_ds.train.param_groups import build_param_groups
 from ijepa_ds.train.student import IJEPAStudent
@@ -22,6 +24,20 @@ def build_optimizer(student: IJEPAStudent, betas, eps: float) -> torch.optim.Ada
     """
     groups = build_param_groups(student.encoder, student.predictor)
     return torch.optim.AdamW(groups, lr=0.0, betas=tuple(betas), eps=eps, weight_decay=0.0)
+
+
+def _reset_warmup_step_count(optimizer: torch.optim.Optimizer) -> None:
+    """Undo the zero-gradient AdamW step some DeepSpeed wrappers take at construction.
+
+    DeepSpeed's bf16 wrapper without ZeRO initialises the optimizer state by stepping once with
+    zero gradients (at lr 0, so weights and moments stay 0) but leaves ``step`` at 1, which
+    would shift Adam's bias correction for the whole run. No real step has happened yet here.
+    """
+    for state in optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"].zero_()
+        elif "step" in state:
+            state["step"] = 0
 
 
 def build_engine(student: IJEPAStudent, ds_config: dict[str, Any], model_cfg, optim_cfg):
@@ -49,5 +65,6 @@ def build_engine(student: IJEPAStudent, ds_config: dict[str, Any], model_cfg, op
     )
     optimizer = build_optimizer(student, optim_cfg.betas, optim_cfg.eps)
     engine, _, _, _ = deepspeed.initialize(model=student, optimizer=optimizer, config=ds_config)
+    _reset_warmup_step_count(optimizer)
     target.bind(engine.module.encoder, engine.optimizer)
     return engine, target

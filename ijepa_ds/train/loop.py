@@ -7,6 +7,7 @@ before it, one EMA update after it (only if DeepSpeed applied it), logging on lo
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ import torch.distributed as dist
 from ijepa_ds.observability import get_logger
 from ijepa_ds.observability.nonfinite import NonFiniteLossError
 from ijepa_ds.observability.stats import feature_std, memory_stats
+from ijepa_ds.train.grad_norms import module_grad_norms
 from ijepa_ds.train.param_groups import set_lr_wd
 from ijepa_ds.train.step import compute_loss, move_batch
 from ijepa_ds.train.trainer import Trainer, build_loader
@@ -48,22 +50,28 @@ def _any_rank_nonfinite(loss: torch.Tensor) -> bool:
     return bad.item() > 0
 
 
-def _nonfinite_error(loss: torch.Tensor, step: int) -> NonFiniteLossError:
-    return NonFiniteLossError(
-        f"non-finite loss ({loss.item()}) at optimizer step {step + 1}: stopping before the "
-        "update so no checkpoint holds NaNs; try a lower schedule.lr, check the data, or set "
-        "loss.on_nonfinite=skip to drop such batches"
-    )
+def _worst(loss: torch.Tensor) -> float:
+    """The loss to report: this rank's if it is the bad one, else NaN (bad on another rank)."""
+    value = loss.item()
+    return value if not math.isfinite(value) else float("nan")
 
 
-def micro_step(trainer: Trainer, batch, step: int) -> tuple[torch.Tensor | None, tuple]:
+def is_log_step(completed: int, log_every: int, total_steps: int) -> bool:
+    """Log after the first step, every ``log_every`` steps and after the last."""
+    return completed % log_every == 0 or completed == 1 or completed == total_steps
+
+
+def micro_step(
+    trainer: Trainer, batch, step: int, grad_norms: dict | None = None
+) -> tuple[torch.Tensor | None, tuple]:
     """Forward + backward + ``engine.step`` of one micro-batch.
 
     Returns (loss or None when the micro-batch was dropped, tensors for the hooks). With
     ``loss.on_nonfinite=skip`` a micro-batch whose loss is not finite on any rank is replaced,
     on every rank, by a zero-weight pass on blank images: its gradient contribution is exactly
     zero and DeepSpeed's accumulation counters stay aligned. If even that is not finite the
-    weights themselves are broken and the run stops.
+    weights themselves are broken and the run stops. When ``grad_norms`` is a dict, the
+    encoder/predictor gradient norms are measured into it before the optimizer step.
     """
     cfg, engine = trainer.cfg, trainer.engine
     imgs, _, _, masks_enc, masks_pred = move_batch(batch, trainer.device)
@@ -73,16 +81,23 @@ def micro_step(trainer: Trainer, batch, step: int) -> tuple[torch.Tensor | None,
     tensors = (imgs, masks_enc, masks_pred, h)
     if not _any_rank_nonfinite(loss):
         engine.backward(loss)
+        if grad_norms is not None:
+            grad_norms.update(module_grad_norms(engine))
         engine.step()
         return loss.detach(), tensors
     if cfg.loss.on_nonfinite != "skip":
-        raise _nonfinite_error(loss, step)
+        raise NonFiniteLossError(step + 1, _worst(loss))
     blank, _ = compute_loss(
-        engine, trainer.target, torch.zeros_like(imgs), masks_enc, masks_pred, cfg.loss.kind,
+        engine,
+        trainer.target,
+        torch.zeros_like(imgs),
+        masks_enc,
+        masks_pred,
+        cfg.loss.kind,
         cfg.optim.precision,
     )
     if _any_rank_nonfinite(blank):
-        raise _nonfinite_error(loss, step)
+        raise NonFiniteLossError(step + 1, _worst(blank))
     log.warning("non-finite loss at optimizer step %d: micro-batch dropped", step + 1)
     engine.backward(blank * 0.0)
     engine.step()
@@ -108,7 +123,9 @@ def train_loop(trainer: Trainer, start_step: int, hooks=()) -> list[float]:
         if micro == 0:
             lr, wd = sched.lr_at(step), sched.wd_at(step)
             set_lr_wd(engine.optimizer.param_groups, lr, wd)
-        loss, tensors = micro_step(trainer, batch, step)
+        log_now = is_log_step(step + 1, trainer.cfg.logging.log_every, trainer.total_steps)
+        norms = {} if micro == accum - 1 and log_now else None
+        loss, tensors = micro_step(trainer, batch, step, norms)
         if loss is None:
             stats.dropped += 1
         else:
@@ -124,6 +141,7 @@ def train_loop(trainer: Trainer, start_step: int, hooks=()) -> list[float]:
             losses.append(step_loss)
             info = dict(loss=step_loss, lr=lr, wd=wd, momentum=momentum)
             info["dropped_micro_batches"] = world * accum - kept
+            info.update(norms or {})
             info.update(step_time=time.perf_counter() - stats.started, data_time=stats.data_time)
             stop = [hook(step, info, tensors) for hook in hooks]
             if any(stop):

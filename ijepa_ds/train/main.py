@@ -20,7 +20,7 @@ from ijepa_ds.observability import MetricsWriter, ProgressMeter, get_logger, set
 from ijepa_ds.observability.logging import rank_log_file
 from ijepa_ds.observability.stats import is_collapsed
 from ijepa_ds.train.ds_config import build_ds_config, zero_stage
-from ijepa_ds.train.loop import step_scalars, train_loop
+from ijepa_ds.train.loop import is_log_step, step_scalars, train_loop
 from ijepa_ds.train.run_dir import agree_on_run_dir, write_run_files
 from ijepa_ds.train.trainer import build_trainer
 
@@ -37,7 +37,10 @@ class StepReporter:
             trainer.total_steps, trainer.dist_env.world_size, trainer.global_batch_size
         )
         self.metrics = MetricsWriter(
-            run_dir, rank, tensorboard=cfg.logging.tensorboard, jsonl=cfg.logging.jsonl,
+            run_dir,
+            rank,
+            tensorboard=cfg.logging.tensorboard,
+            jsonl=cfg.logging.jsonl,
             resume_step=None if resume_step is None else resume_step + 1,
         )
         self.ipe = trainer.iterations_per_epoch
@@ -46,24 +49,33 @@ class StepReporter:
     def __call__(self, step: int, info: dict, tensors) -> bool:
         epoch = (step - 1) // self.ipe
         self.progress.update(
-            step, info["loss"], info["lr"], info["wd"], info["momentum"], epoch,
-            step_time=info["step_time"], data_time=info["data_time"],
+            step,
+            info["loss"],
+            info["lr"],
+            info["wd"],
+            info["momentum"],
+            epoch,
+            step_time=info["step_time"],
+            data_time=info["data_time"],
         )
-        every = self.cfg.logging.log_every
-        if step % every == 0 or step == 1 or step == self.progress.total_steps:
+        if is_log_step(step, self.cfg.logging.log_every, self.progress.total_steps):
             self._log(step, epoch, info, tensors)
         image_every = self.cfg.logging.image_every
         if image_every and (step % image_every == 0 or step == 1) and self.metrics.enabled:
             imgs, masks_enc, masks_pred, _ = tensors
             grid = render_mask_grid(
-                imgs.float().cpu(), [m.cpu() for m in masks_enc], [m.cpu() for m in masks_pred],
-                self.patch_size, mean=self.cfg.data.normalize_mean, std=self.cfg.data.normalize_std,
+                imgs.float().cpu(),
+                [m.cpu() for m in masks_enc],
+                [m.cpu() for m in masks_pred],
+                self.patch_size,
+                mean=self.cfg.data.normalize_mean,
+                std=self.cfg.data.normalize_std,
             )
             self.metrics.log_image(step, "masks/overlay", grid)
         return False
 
     def _log(self, step: int, epoch: int, info: dict, tensors) -> None:
-        scalars = {k: info[k] for k in ("loss", "lr", "wd", "momentum")}
+        scalars = {k: v for k, v in info.items() if k not in ("step_time", "data_time")}
         scalars.update(epoch=epoch, **self.progress.scalars())
         scalars.update(step_scalars(info, *tensors))
         if self.rank == 0:
@@ -87,6 +99,11 @@ def prepare(args: argparse.Namespace):
         validate_config(cfg, world_size=dist_env.world_size)
         validate_paths(cfg)
         ds_config = build_ds_config(cfg, dist_env.world_size)
+        if cfg.model.act_ckpt_cpu_offload and not torch.cuda.is_available():
+            raise ConfigError(
+                "model.act_ckpt_cpu_offload=true needs a GPU: on a CPU device DeepSpeed's "
+                "offloaded copy shares storage with the activation it frees"
+            )
         if args.resume == "auto" and not cfg.logging.run_name:
             raise ConfigError("--resume auto needs logging.run_name (the run folder to look in)")
     except ConfigError:
@@ -113,9 +130,16 @@ def run_training(args: argparse.Namespace) -> dict:
     log.info(
         "run %s | %d ranks (%s) | ZeRO %d | %s | global batch %d = %d x %d ranks x %d accum | "
         "%d steps (%d per epoch)",
-        run_dir, dist_env.world_size, dist_env.launcher, zero_stage(ds_config),
-        cfg.optim.precision, trainer.global_batch_size, cfg.data.batch_size,
-        dist_env.world_size, trainer.accumulation, trainer.total_steps,
+        run_dir,
+        dist_env.world_size,
+        dist_env.launcher,
+        zero_stage(ds_config),
+        cfg.optim.precision,
+        trainer.global_batch_size,
+        cfg.data.batch_size,
+        dist_env.world_size,
+        trainer.accumulation,
+        trainer.total_steps,
         trainer.iterations_per_epoch,
     )
     start_step = 0
@@ -123,9 +147,7 @@ def run_training(args: argparse.Namespace) -> dict:
         start_step = load_checkpoint(trainer, resume_from).step
     reporter = StepReporter(trainer, run_dir, dist_env.rank, resume_step=start_step or None)
     ckpt = cfg.checkpoint
-    policy = SavePolicy(
-        ckpt.every_steps, ckpt.every_minutes, ckpt.save_at_end, trainer.total_steps
-    )
+    policy = SavePolicy(ckpt.every_steps, ckpt.every_minutes, ckpt.save_at_end, trainer.total_steps)
     policy.install_signal_handlers()
     saver = CheckpointHook(trainer, run_dir, policy, ckpt.keep_last, ckpt.milestone_every)
     try:
@@ -133,8 +155,12 @@ def run_training(args: argparse.Namespace) -> dict:
     finally:
         reporter.close()
     log.info("done: %d steps, final loss %.4f", len(losses), losses[-1] if losses else float("nan"))
-    return {"run_dir": str(run_dir), "losses": losses, "start_step": start_step,
-            "checkpoints": [str(p) for p in saver.saved]}
+    return {
+        "run_dir": str(run_dir),
+        "losses": losses,
+        "start_step": start_step,
+        "checkpoints": [str(p) for p in saver.saved],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

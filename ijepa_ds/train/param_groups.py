@@ -37,7 +37,7 @@ def build_param_groups(
 
 
 def set_lr_wd(param_groups: list[dict], lr: float, wd: float) -> None:
-    """Apply the schedules' values: every group gets ``lr``; groups without WD_exclude get ``wd``."""
+    """Apply the schedules: every group gets ``lr``; groups without WD_exclude get ``wd``."""
     for group in param_groups:
         group["lr"] = lr
         if not group.get("WD_exclude", False):

@@ -7,8 +7,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ijepa_ds.models import VisionTransformer, VisionTransformerPredictor, build_encoder
-from ijepa_ds.models import build_predictor
+from ijepa_ds.models import (
+    VisionTransformer,
+    VisionTransformerPredictor,
+    build_encoder,
+    build_predictor,
+)
 
 
 class IJEPAStudent(nn.Module):
@@ -57,7 +61,9 @@ def build_encoder_from_config(model_cfg, img_size: int) -> VisionTransformer:
     return build_encoder(model_cfg.name.removeprefix("vit_"), **overrides)
 
 
-def build_predictor_from_config(model_cfg, encoder: VisionTransformer) -> VisionTransformerPredictor:
+def build_predictor_from_config(
+    model_cfg, encoder: VisionTransformer
+) -> VisionTransformerPredictor:
     return build_predictor(
         encoder,
         predictor_embed_dim=model_cfg.pred_emb_dim,

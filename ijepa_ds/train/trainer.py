@@ -14,8 +14,11 @@ from ijepa_ds.masks import MaskCollator, build_mask_sampler
 from ijepa_ds.schedules import Schedule
 from ijepa_ds.train.ds_config import accumulation_steps
 from ijepa_ds.train.engine import build_engine
-from ijepa_ds.train.student import IJEPAStudent, build_encoder_from_config
-from ijepa_ds.train.student import build_predictor_from_config
+from ijepa_ds.train.student import (
+    IJEPAStudent,
+    build_encoder_from_config,
+    build_predictor_from_config,
+)
 
 
 @dataclass

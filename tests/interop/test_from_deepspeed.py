@@ -1,15 +1,14 @@
 """Real DeepSpeed checkpoints (2 gloo ranks, ZeRO 0-3) -> consolidated: what the engine held.
 
 Run as a script (under torchrun, see `write_deepspeed_runs`) this file is also the worker:
-for each (ZeRO stage, precision) it trains 2 steps of a tiny model, saves a checkpoint in the
-trainer's folder layout and, next to it, the engine's own fp32 master weights and AdamW
+for each (ZeRO stage, precision) it trains 2 steps of a tiny model, saves a checkpoint with
+the trainer's own saver and, next to it, the engine's own fp32 master weights and AdamW
 moments gathered with DeepSpeed's APIs at save time (`expected.pt`). The encoder's MLP ratio
 gives fc1 195 outputs, an odd size, so ZeRO-3 pads and ZeRO 1/2 align across the 2 ranks.
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -124,7 +123,8 @@ def _gathered(module: torch.nn.Module) -> dict:
 
 
 def _save_run(env, run: str, root: Path) -> None:
-    from ijepa_ds.config import config_hash, dump_yaml, load_config
+    from ijepa_ds.checkpoint.saver import save_checkpoint
+    from ijepa_ds.config import dump_yaml, load_config
     from ijepa_ds.train.ds_config import build_ds_config
     from ijepa_ds.train.loop import train_loop
     from ijepa_ds.train.trainer import build_trainer
@@ -136,26 +136,15 @@ def _save_run(env, run: str, root: Path) -> None:
     trainer = build_trainer(cfg, env, build_ds_config(cfg, env.world_size))
     train_loop(trainer, 0)
     run_dir = root / f"zero{stage}_{precision}"
-    step_dir = run_dir / "checkpoints" / f"step_{STEPS:08d}"
-    trainer.engine.save_checkpoint(str(step_dir), tag="engine")
+    if env.rank == 0:
+        run_dir.mkdir(parents=True)
+        dump_yaml(cfg, run_dir / "config.yaml")
+    save_checkpoint(trainer, run_dir, STEPS, "test")  # the trainer's own saver, all ranks
     expected = _engine_values(trainer.engine, int(stage))
     expected["module"] = _gathered(trainer.engine.module)
-    target = _gathered(trainer.target.module)
+    expected["target"] = _gathered(trainer.target.module)
     if env.rank == 0:
-        dump_yaml(cfg, run_dir / "config.yaml")
-        torch.save({"state_dict": target}, step_dir / "target_encoder.pt")
-        state = {
-            "step": STEPS,
-            "epoch": 0,
-            "world_size": env.world_size,
-            "zero_stage": int(stage),
-            "config_hash": config_hash(cfg),
-            "rng": [],
-        }
-        torch.save(state, step_dir / "train_state.pt")
-        (step_dir / "COMPLETE").write_text(json.dumps({"step": STEPS}))
-        (run_dir / "checkpoints" / "latest").write_text(step_dir.name + "\n")
-        torch.save({**expected, "target": target}, run_dir / "expected.pt")
+        torch.save(expected, run_dir / "expected.pt")
     torch.distributed.barrier()
 
 

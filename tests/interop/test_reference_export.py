@@ -171,3 +171,32 @@ def test_mismatched_optimizer_is_refused(ours):
     bad["optimizer"]["param_groups"] = groups
     with pytest.raises(ValueError, match="a different model or order"):
         to_reference(bad)
+
+
+def test_architecture_inference_edge_cases():
+    from ijepa_ds.interop.arch import infer_encoder_kwargs, infer_predictor_kwargs
+    from ijepa_ds.models import VisionTransformerPredictor
+
+    with torch.device("meta"):  # shapes only
+        giant = VisionTransformer(
+            img_size=224, patch_size=14, embed_dim=1408, depth=2, num_heads=16, mlp_ratio=48 / 11
+        )
+        wide = VisionTransformer(
+            img_size=(32, 48), patch_size=8, in_chans=1, embed_dim=64, depth=1, num_heads=4
+        )
+        pred = VisionTransformerPredictor(
+            grid_size=(4, 6), embed_dim=64, predictor_embed_dim=32, depth=3, num_heads=4
+        )
+    kw = infer_encoder_kwargs(giant.state_dict())
+    assert (kw["num_heads"], kw["img_size"], kw["patch_size"], kw["depth"]) == (16, 224, 14, 2)
+    assert int(1408 * kw["mlp_ratio"]) == 6144
+    with pytest.raises(ValueError, match="not a square grid: give img_size"):
+        infer_encoder_kwargs(wide.state_dict(), num_heads=4)
+    kw = infer_encoder_kwargs(wide.state_dict(), num_heads=4, img_size=(32, 48))
+    assert (kw["img_size"], kw["in_chans"]) == ((32, 48), 1)
+    with pytest.raises(ValueError, match="gives a 4x4 grid, but pos_embed holds 24"):
+        infer_encoder_kwargs(wide.state_dict(), num_heads=4, img_size=32)
+    kw = infer_predictor_kwargs(pred.state_dict(), num_heads=4, grid_size=(4, 6))
+    assert (kw["predictor_embed_dim"], kw["depth"], kw["embed_dim"]) == (32, 3, 64)
+    with pytest.raises(ValueError, match="not divisible by num_heads=5"):
+        infer_predictor_kwargs(pred.state_dict(), num_heads=5, grid_size=(4, 6))

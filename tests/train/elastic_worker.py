@@ -15,8 +15,8 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from tests.train.equivalence_worker import OVERRIDES
 from ijepa_ds.train import main as train_main
+from tests.train.equivalence_worker import OVERRIDES
 
 
 def _snapshot(trainer) -> dict[str, torch.Tensor]:
@@ -33,12 +33,17 @@ def _snapshot(trainer) -> dict[str, torch.Tensor]:
 
 def main(out: str, run_root: str, name: str, stage: int, max_steps: int, resume: str) -> None:
     overrides = [o for o in OVERRIDES if not o.startswith("schedule.max_steps")] + [
-        f"deepspeed.config=zero{stage}", f"schedule.max_steps={max_steps}",
-        f"logging.output_dir={run_root}", f"logging.run_name={name}",
+        f"deepspeed.config=zero{stage}",
+        f"schedule.max_steps={max_steps}",
+        f"logging.output_dir={run_root}",
+        f"logging.run_name={name}",
         "checkpoint.save_at_end=true",
     ]
     args = argparse.Namespace(
-        config="fmnist_tiny", overrides=overrides, resume=resume, resume_fallback=False,
+        config="fmnist_tiny",
+        overrides=overrides,
+        resume=resume,
+        resume_fallback=False,
         local_rank=None,
     )
     captured = {}
@@ -55,10 +60,18 @@ def main(out: str, run_root: str, name: str, stage: int, max_steps: int, resume:
         train_main.build_trainer = original
     snapshot = _snapshot(captured["trainer"])
     if dist.get_rank() == 0:
-        torch.save({"losses": result["losses"], "start_step": result["start_step"],
-                    "tensors": snapshot}, out)
+        torch.save(
+            {"losses": result["losses"], "start_step": result["start_step"], "tensors": snapshot},
+            out,
+        )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]),
-         sys.argv[6] if len(sys.argv) > 6 else "")
+    main(
+        sys.argv[1],
+        sys.argv[2],
+        sys.argv[3],
+        int(sys.argv[4]),
+        int(sys.argv[5]),
+        sys.argv[6] if len(sys.argv) > 6 else "",
+    )

@@ -30,18 +30,39 @@ from ijepa_ds.train.trainer import build_student, build_trainer
 
 STEPS = 3
 OVERRIDES = [
-    "data.dataset=synthetic", "data.synthetic_size=64", "data.crop_size=32",
-    "data.normalize_mean=[0.5,0.5,0.5]", "data.normalize_std=[0.25,0.25,0.25]",
-    "data.batch_size=4", "data.global_batch_size=16", "data.num_workers=0",
-    "data.pin_memory=false", "data.persistent_workers=false",
-    "model.name=vit_tiny", "model.patch_size=4", "model.in_chans=3", "model.embed_dim=48",
-    "model.depth=2", "model.num_heads=3", "model.pred_depth=1", "model.pred_emb_dim=24",
-    "model.pred_num_heads=3", "mask.min_keep=2",
-    "schedule.epochs=2", "schedule.warmup_epochs=0.5", "schedule.start_lr=1e-3",
-    "schedule.lr=3e-3", "schedule.final_lr=1e-4", "schedule.weight_decay=0.04",
-    "schedule.final_weight_decay=0.4", f"schedule.max_steps={STEPS}",
-    "ema.momentum_start=0.9", "ema.momentum_end=1.0", "optim.precision=fp32",
-    "logging.tensorboard=false", "logging.jsonl=false",
+    "data.dataset=synthetic",
+    "data.synthetic_size=64",
+    "data.crop_size=32",
+    "data.normalize_mean=[0.5,0.5,0.5]",
+    "data.normalize_std=[0.25,0.25,0.25]",
+    "data.batch_size=4",
+    "data.global_batch_size=16",
+    "data.num_workers=0",
+    "data.pin_memory=false",
+    "data.persistent_workers=false",
+    "model.name=vit_tiny",
+    "model.patch_size=4",
+    "model.in_chans=3",
+    "model.embed_dim=48",
+    "model.depth=2",
+    "model.num_heads=3",
+    "model.pred_depth=1",
+    "model.pred_emb_dim=24",
+    "model.pred_num_heads=3",
+    "mask.min_keep=2",
+    "schedule.epochs=2",
+    "schedule.warmup_epochs=0.5",
+    "schedule.start_lr=1e-3",
+    "schedule.lr=3e-3",
+    "schedule.final_lr=1e-4",
+    "schedule.weight_decay=0.04",
+    "schedule.final_weight_decay=0.4",
+    f"schedule.max_steps={STEPS}",
+    "ema.momentum_start=0.9",
+    "ema.momentum_end=1.0",
+    "optim.precision=fp32",
+    "logging.tensorboard=false",
+    "logging.jsonl=false",
 ]
 
 
@@ -84,9 +105,7 @@ def reference_run(trainer, cfg, wd_schedule=True, momentum_shift=0) -> dict:
 
 
 def max_diff(a: dict, b: dict) -> float:
-    return max(
-        (a[part][n] - b[part][n]).abs().max().item() for part in a for n in a[part]
-    )
+    return max((a[part][n] - b[part][n]).abs().max().item() for part in a for n in a[part])
 
 
 def main(out_path: str) -> None:

@@ -14,8 +14,8 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from tests.train.equivalence_worker import OVERRIDES
 from ijepa_ds.train import main as train_main
+from tests.train.equivalence_worker import OVERRIDES
 
 TOTAL, STOP = 6, 3
 
@@ -28,13 +28,20 @@ def _params(trainer_module) -> dict[str, torch.Tensor]:
 
 def run(run_root: str, name: str, stage: int, precision: str, max_steps: int, resume: str):
     overrides = [o for o in OVERRIDES if not o.startswith("schedule.max_steps")] + [
-        f"deepspeed.config=zero{stage}", f"optim.precision={precision}",
-        f"schedule.max_steps={max_steps}", f"logging.output_dir={run_root}",
-        f"logging.run_name={name}", "checkpoint.every_steps=0", "checkpoint.save_at_end=true",
+        f"deepspeed.config=zero{stage}",
+        f"optim.precision={precision}",
+        f"schedule.max_steps={max_steps}",
+        f"logging.output_dir={run_root}",
+        f"logging.run_name={name}",
+        "checkpoint.every_steps=0",
+        "checkpoint.save_at_end=true",
         "model.drop_path_rate=0.1",
     ]
     args = argparse.Namespace(
-        config="fmnist_tiny", overrides=overrides, resume=resume, resume_fallback=False,
+        config="fmnist_tiny",
+        overrides=overrides,
+        resume=resume,
+        resume_fallback=False,
         local_rank=None,
     )
     captured = {}
@@ -63,8 +70,11 @@ def main(out: str, run_root: str, stage: int, precision: str) -> None:
     if dist.get_rank() == 0:
         json.dump(
             {
-                "full": full["losses"], "first": first["losses"], "second": second["losses"],
-                "second_start": second["start_step"], "max_param_diff": diff,
+                "full": full["losses"],
+                "first": first["losses"],
+                "second": second["losses"],
+                "second_start": second["start_step"],
+                "max_param_diff": diff,
                 "checkpoints": first["checkpoints"] + second["checkpoints"],
             },
             open(out, "w"),

@@ -18,7 +18,9 @@ TOL = 1e-6
 
 def _phase(tmp: Path, tag: str, nproc: int, name: str, stage: int, steps: int, resume=""):
     out = tmp / f"{tag}.pt"
-    args = [str(out), str(tmp / "runs"), name, str(stage), str(steps)] + ([resume] if resume else [])
+    args = [str(out), str(tmp / "runs"), name, str(stage), str(steps)] + (
+        [resume] if resume else []
+    )
     assert_ok(torchrun(nproc, WORKER, *args))
     return torch.load(out, weights_only=True)
 

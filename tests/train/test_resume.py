@@ -13,9 +13,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 WORKER = Path(__file__).with_name("resume_worker.py")
 
 
-@pytest.mark.parametrize(
-    "stage,precision", [(1, "fp32"), (2, "fp32"), (3, "fp32"), (3, "bf16")]
-)
+@pytest.mark.parametrize("stage,precision", [(1, "fp32"), (2, "fp32"), (3, "fp32"), (3, "bf16")])
 def test_resume_is_bit_identical(tmp_path, stage, precision):
     out = tmp_path / "result.json"
     assert_ok(torchrun(2, WORKER, str(out), str(tmp_path / "runs"), str(stage), precision))

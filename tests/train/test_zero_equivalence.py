@@ -55,3 +55,10 @@ def test_bf16_smoke(results, stage):
     fp32 = results["stages"][stage]["losses"]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     assert losses == pytest.approx(fp32, abs=2e-2)  # bf16 rounding, same trajectory
+
+
+def test_bf16_stages_agree(results):
+    # Catches DeepSpeed's bf16 wrapper at ZeRO 0 starting Adam at step 1 (bias correction).
+    reference = results["bf16"]["1"]
+    for stage in ("0", "2", "3"):
+        assert results["bf16"][stage] == pytest.approx(reference, abs=1e-4), stage

@@ -1,0 +1,9 @@
+"""Launchers: several ranks on one machine (``local``) and multi-node SLURM jobs (``slurm``).
+
+- ``local``: wraps ``torchrun`` or the ``deepspeed`` launcher around ``ijepa-ds train``;
+- ``slurm``: submits through submitit (client side, ``slurm`` + ``monitor``);
+- ``job``: what runs inside each SLURM task (rank variables, preemption, requeue).
+
+Both reuse the trainer's own argument parser (``ijepa_ds.cli.train_cmd``); nothing here
+imports torch until a command runs.
+"""

@@ -1,0 +1,151 @@
+"""``ijepa-ds launch local``: start the trainer's ranks on this machine (or on a few machines
+without SLURM) through ``torchrun`` (default) or the ``deepspeed`` launcher.
+
+::
+
+    ijepa-ds launch local --nproc-per-node 2 --config fmnist_tiny schedule.max_steps=5
+    ijepa-ds launch local --launcher deepspeed --nproc-per-node 8 --config vit_h14_in1k
+
+A few nodes without SLURM:
+
+- torchrun: run the same command on every node with ``--nnodes N --node-rank I
+  --master-addr HOST0 --master-port PORT`` (HOST0 reachable from all nodes, PORT free there);
+- deepspeed: ``--launcher deepspeed --hostfile hosts.txt`` on the first node only; the file
+  has one ``hostname slots=GPUS`` line per node and the launcher reaches the others by
+  passwordless ssh (pdsh), with the same checkout and environment on each.
+
+The trainer's arguments (``--config``, overrides, ``--resume``) are those of ``ijepa-ds
+train``, parsed by its own parser; the config is validated for the launch's world size before
+any process starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+
+from ijepa_ds.cli.train_cmd import add_train_arguments
+
+LAUNCHERS = ("torchrun", "deepspeed")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def train_argv(args: argparse.Namespace) -> list[str]:
+    """The ``ijepa-ds train`` arguments held by a namespace parsed with
+    ``add_train_arguments`` (the launcher's own options left out)."""
+    argv = ["--config", args.config, *args.overrides]
+    if args.resume:
+        argv += ["--resume", args.resume]
+    if args.resume_fallback:
+        argv.append("--resume-fallback")
+    return argv
+
+
+def add_local_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of ``launch local`` followed by the trainer's own arguments."""
+    group = parser.add_argument_group("launcher")
+    group.add_argument("--nproc-per-node", "--nproc", type=int, default=1, help="ranks per node")
+    group.add_argument("--launcher", choices=LAUNCHERS, default="torchrun")
+    group.add_argument("--nnodes", type=int, default=1, help="torchrun: number of nodes")
+    group.add_argument("--node-rank", type=int, default=0, help="torchrun: this node's index")
+    group.add_argument("--master-addr", default="127.0.0.1", help="address of node 0")
+    group.add_argument(
+        "--master-port", type=int, default=0, help="rendezvous port; 0 = a free one (one node)"
+    )
+    group.add_argument("--hostfile", default=None, help="deepspeed: 'host slots=N' per line")
+    group.add_argument(
+        "--log-level", choices=LOG_LEVELS, default="WARNING",
+        help="verbosity of the launcher and torch.distributed (LOGLEVEL, TORCH_CPP_LOG_LEVEL, "
+        "NCCL_DEBUG; values already set in the environment win)",
+    )
+    group.add_argument("--dry-run", action="store_true", help="print the command, start nothing")
+    return add_train_arguments(parser)
+
+
+def _check(args: argparse.Namespace) -> None:
+    from ijepa_ds.config import ConfigError
+
+    if args.nproc_per_node < 1 or args.nnodes < 1:
+        raise ConfigError("--nproc-per-node and --nnodes must be >= 1")
+    if not 0 <= args.node_rank < args.nnodes:
+        raise ConfigError(f"--node-rank {args.node_rank} is outside [0, --nnodes {args.nnodes})")
+    if args.nnodes > 1 and args.launcher == "deepspeed":
+        raise ConfigError("--launcher deepspeed spans nodes with --hostfile, not --nnodes")
+    if args.nnodes > 1 and not args.master_port:
+        raise ConfigError(
+            "--nnodes > 1 needs --master-port (the same free port on every node) and "
+            "--master-addr (node 0's address)"
+        )
+    if args.hostfile and args.launcher != "deepspeed":
+        raise ConfigError("--hostfile is read by the deepspeed launcher: add --launcher deepspeed")
+
+
+def build_command(args: argparse.Namespace, master_port: int) -> list[str]:
+    """The launcher's command line, running ``python -m ijepa_ds train`` on every rank."""
+    trainer = ["ijepa_ds", "train", *train_argv(args)]
+    if args.launcher == "torchrun":
+        return [
+            sys.executable, "-m", "torch.distributed.run",
+            f"--nproc-per-node={args.nproc_per_node}", f"--nnodes={args.nnodes}",
+            f"--node-rank={args.node_rank}", f"--master-addr={args.master_addr}",
+            f"--master-port={master_port}", "--module", *trainer,
+        ]
+    command = [sys.executable, "-m", "deepspeed.launcher.runner"]
+    if args.hostfile:
+        command.append(f"--hostfile={args.hostfile}")
+    # --no_local_rank: the launcher would put --local_rank=N between "ijepa_ds" and "train",
+    # where the top-level parser rejects it; LOCAL_RANK in the environment says the same.
+    command += [
+        f"--num_gpus={args.nproc_per_node}", f"--master_addr={args.master_addr}",
+        f"--master_port={master_port}", "--no_local_rank", "--module", *trainer,
+    ]
+    return command
+
+
+def launch_env(base: Mapping[str, str], log_level: str) -> dict[str, str]:
+    """``base`` plus defaults that are only set when absent.
+
+    OMP_NUM_THREADS=1: N ranks each starting one OpenMP thread per core oversubscribe the
+    CPU (one step became 20x slower under load); the deepspeed launcher sets nothing.
+    """
+    env = dict(base)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("LOGLEVEL", log_level)
+    env.setdefault("TORCH_CPP_LOG_LEVEL", "INFO" if log_level == "DEBUG" else log_level)
+    env.setdefault("NCCL_DEBUG", "INFO" if log_level in ("DEBUG", "INFO") else "WARN")
+    return env
+
+
+def run_local(args: argparse.Namespace) -> int:
+    """Validate the config for the launch's world size, then run the launcher; its exit code."""
+    from ijepa_ds.config import load_config, validate_config
+    from ijepa_ds.distributed import free_port
+
+    _check(args)
+    world_size = args.nnodes * args.nproc_per_node
+    validate_config(load_config(args.config, args.overrides), world_size=world_size)
+    command = build_command(args, args.master_port or free_port())
+    env = launch_env(os.environ, args.log_level)
+    print("launching: " + " ".join(command), file=sys.stderr, flush=True)
+    if args.dry_run:
+        return 0
+    return subprocess.run(command, env=env).returncode
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ijepa_ds.launch.local``: the same as ``ijepa-ds launch local``."""
+    from ijepa_ds.config import ConfigError
+
+    parser = add_local_arguments(argparse.ArgumentParser(prog="ijepa-ds launch local"))
+    try:
+        return run_local(parser.parse_args(argv))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""Launcher environments resolve strictly; partial or contradictory ones are errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from ijepa_ds.distributed import detect_dist_env, first_slurm_host, slurm_master_port
+
+TORCHRUN = {
+    "RANK": "1",
+    "LOCAL_RANK": "1",
+    "WORLD_SIZE": "2",
+    "MASTER_ADDR": "10.0.0.5",
+    "MASTER_PORT": "29500",
+    "LOCAL_WORLD_SIZE": "2",
+}
+SRUN = {
+    "SLURM_PROCID": "3",
+    "SLURM_LOCALID": "1",
+    "SLURM_NTASKS": "4",
+    "SLURM_STEP_ID": "0",
+    "SLURM_JOB_NODELIST": "gpu[07-08]",
+    "SLURM_JOB_ID": "123456",
+}
+
+
+def test_torchrun_and_deepspeed_launcher():
+    env = detect_dist_env(TORCHRUN)
+    assert (env.rank, env.local_rank, env.world_size, env.launcher) == (1, 1, 2, "env")
+    assert (env.master_addr, env.master_port) == ("10.0.0.5", 29500)
+    # the deepspeed launcher also passes --local_rank
+    assert detect_dist_env(TORCHRUN, cli_local_rank=1).local_rank == 1
+    with pytest.raises(ValueError, match="--local_rank=0 contradicts LOCAL_RANK=1"):
+        detect_dist_env(TORCHRUN, cli_local_rank=0)
+
+
+def test_plain_srun_derives_everything_from_slurm():
+    env = detect_dist_env(SRUN)
+    assert (env.rank, env.local_rank, env.world_size, env.launcher) == (3, 1, 4, "slurm")
+    assert env.master_addr == "gpu07"
+    assert env.master_port == slurm_master_port(123456) == 20000 + 123456 % 20000
+    step_tasks = dict(SRUN, SLURM_STEP_NUM_TASKS="8")
+    assert detect_dist_env(step_tasks).world_size == 8
+
+
+def test_torch_variables_win_inside_slurm():
+    env = detect_dist_env({**SRUN, **TORCHRUN})
+    assert env.launcher == "env" and env.world_size == 2
+
+
+def test_single_process_without_any_launcher():
+    env = detect_dist_env({})
+    assert (env.rank, env.world_size, env.launcher) == (0, 1, "single")
+    with pytest.raises(ValueError, match="without a launcher"):
+        detect_dist_env({}, cli_local_rank=2)
+
+
+@pytest.mark.parametrize(
+    "env,match",
+    [
+        ({"RANK": "0", "WORLD_SIZE": "2"}, "LOCAL_RANK, MASTER_ADDR, MASTER_PORT missing"),
+        (
+            {"WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "a", "MASTER_PORT": "1"},
+            "RANK missing",
+        ),
+        ({**TORCHRUN, "RANK": "2"}, r"RANK=2 is outside \[0, WORLD_SIZE=2\)"),
+        ({**TORCHRUN, "WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not an integer"),
+        ({**TORCHRUN, "LOCAL_RANK": "3"}, "LOCAL_RANK=3 >= LOCAL_WORLD_SIZE=2"),
+        ({k: v for k, v in SRUN.items() if k != "SLURM_JOB_ID"}, "SLURM_JOB_ID missing"),
+        ({**SRUN, "SLURM_PROCID": "4"}, r"SLURM_PROCID=4 is outside \[0, 4\)"),
+    ],
+)
+def test_partial_or_conflicting_environment_is_an_error(env, match):
+    with pytest.raises(ValueError, match=match):
+        detect_dist_env(env)
+
+
+def test_world_of_one_may_omit_master():
+    env = detect_dist_env({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"})
+    assert env.world_size == 1 and env.master_port > 0
+
+
+@pytest.mark.parametrize(
+    "nodelist,first",
+    [
+        ("n1", "n1"),
+        ("n[1-3]", "n1"),
+        ("gpu[07-08,11],cpu3", "gpu07"),
+        ("a-b01,a-b02", "a-b01"),
+        ("node[003,010-012]", "node003"),
+    ],
+)
+def test_first_slurm_host(nodelist, first):
+    assert first_slurm_host(nodelist) == first
