@@ -9,7 +9,6 @@ are collected and raised together in one `ConfigError`.
 from __future__ import annotations
 
 import difflib
-import math
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -172,47 +171,8 @@ def _check_heads(cfg: Config) -> list[str]:
     return errors
 
 
-def block_shape(grid_h: int, grid_w: int, scale: float, aspect_ratio: float) -> tuple[int, int]:
-    """Block (h, w) for an area fraction and aspect ratio, sized as the reference sampler does.
-
-    area = int(grid_h * grid_w * scale); h = round(sqrt(area * ar)); w = round(sqrt(area / ar));
-    each side capped at grid side - 1 (the reference's cap: the tighter one, so conservative).
-    """
-    return _block_hw(grid_h, grid_w, int(grid_h * grid_w * scale), aspect_ratio)
-
-
-def _block_hw(grid_h: int, grid_w: int, area: int, aspect_ratio: float) -> tuple[int, int]:
-    h = int(round(math.sqrt(area * aspect_ratio)))
-    w = int(round(math.sqrt(area / aspect_ratio)))
-    return min(h, grid_h - 1), min(w, grid_w - 1)
-
-
-def smallest_block_area(
-    grid_h: int, grid_w: int, scale: tuple[float, float], aspect_ratio: tuple[float, float]
-) -> int:
-    """Exact smallest `block_shape` area over the whole scale and aspect-ratio ranges.
-
-    Scale only enters through the integer area K, so every K in range is tried; for one K,
-    h and w are step functions of the aspect ratio that change where sqrt(K * ar) or
-    sqrt(K / ar) crosses m + 0.5, so the breakpoints and the midpoints between them cover
-    every piece. Independent ranges also cover the reference's coupled draw.
-    """
-    cells = grid_h * grid_w
-    lo, hi = aspect_ratio
-    best = cells
-    for area in range(int(cells * scale[0]), int(cells * scale[1]) + 1):
-        cuts = {lo, hi}
-        for m in range(max(grid_h, grid_w) + 1):
-            cuts |= {(m + 0.5) ** 2 / area, area / (m + 0.5) ** 2} if area else set()
-        points = sorted(r for r in cuts if lo <= r <= hi)
-        points += [(a + b) / 2 for a, b in zip(points, points[1:])]
-        for r in points:
-            h, w = _block_hw(grid_h, grid_w, area, r)
-            best = min(best, h * w)
-    return best
-
-
 def check_mask_settings(
+    compat: str,
     grid_h: int,
     grid_w: int,
     enc_scale: tuple[float, float],
@@ -223,32 +183,27 @@ def check_mask_settings(
     min_keep: int,
     allow_overlap: bool,
 ) -> list[str]:
-    """Conservative feasibility of mask settings on a grid_h x grid_w patch grid.
-
-    Same arguments as `ijepa_ds.masks.validate_mask_settings`, which should replace this check
-    in `validate_config` once it exists. Rules: every target block holds more than min_keep
-    patches (the reference sampler loops forever otherwise); the smallest context block minus
-    `npred` smallest target blocks (unless they may overlap) still holds min_keep patches.
-    `nenc` does not enter: each context block is checked alone.
-    Returns `field=value: rule` messages; empty when feasible.
+    """Feasibility of mask settings on a grid_h x grid_w patch grid, by the exact rules of the
+    sampler that ``mask.compat`` selects (the samplers' own validators, so the config accepts
+    exactly what the sampler can draw in bounded time). Returns messages; empty when feasible.
     """
-    target = smallest_block_area(grid_h, grid_w, pred_scale, aspect_ratio)
-    context = smallest_block_area(grid_h, grid_w, enc_scale, (1.0, 1.0))
-    left = context if allow_overlap else context - npred * target
-    grid = f"the {grid_h}x{grid_w} patch grid"
-    errors = []
-    if target <= min_keep:
-        errors.append(
-            f"mask.min_keep={min_keep}: the smallest target block of mask.pred_mask_scale="
-            f"{list(pred_scale)} on {grid} has {target} patches; it must hold more than min_keep"
-        )
-    if left < min_keep:
-        errors.append(
-            f"mask.min_keep={min_keep}: the smallest context block of mask.enc_mask_scale="
-            f"{list(enc_scale)} on {grid} keeps about {left} patches once {npred} targets are "
-            "removed; it must keep at least min_keep"
-        )
-    return errors
+    from ijepa_ds.masks.geometry import validate_mask_settings
+
+    try:
+        if compat == "reference":
+            from ijepa_ds.masks.reference import validate_reference_settings
+
+            validate_reference_settings(
+                grid_h, grid_w, enc_scale, pred_scale, aspect_ratio, nenc, npred, min_keep
+            )
+        else:
+            validate_mask_settings(
+                grid_h, grid_w, enc_scale, pred_scale, aspect_ratio, nenc, npred, min_keep,
+                allow_overlap,
+            )  # fmt: skip
+    except ValueError as err:
+        return [str(err)]
+    return []
 
 
 def gradient_accumulation_steps(data: DataConfig, world_size: int) -> int:
@@ -294,7 +249,7 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
         m = cfg.mask
         grid = cfg.data.crop_size // cfg.model.patch_size
         errors += check_mask_settings(
-            grid, grid, m.enc_mask_scale, m.pred_mask_scale, m.aspect_ratio,
+            m.compat, grid, grid, m.enc_mask_scale, m.pred_mask_scale, m.aspect_ratio,
             m.num_enc_masks, m.num_pred_masks, m.min_keep, m.allow_overlap,
         )  # fmt: skip
     if world_size is not None and not errors:

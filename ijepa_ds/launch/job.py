@@ -244,6 +244,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
             "final_step": final,
             "total_steps": total,
             "preempted": preempted,
+            "code_dir": str(Path(__file__).resolve().parent.parent),  # the snapshot it ran
         }
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:

@@ -1,0 +1,187 @@
+"""Real training jobs on the local SLURM cluster (``launchers/slurm_cluster/start.sh``).
+
+All jobs are submitted at once by a module fixture so they overlap; each test then waits for
+its own. Every job trains the equivalence tests' tiny synthetic setup for real (2 ranks, 20
+steps unless said otherwise):
+
+- ``two_nodes``: 2 nodes x 1 task through ``launchers/submit_slurm.py --wait`` (the reference);
+- ``preempted``: the same run, preempted mid-run with ``job._interrupt()``;
+- ``one_node``: 1 node x 2 tasks;
+- ``time_limit``: 1 task, 2-minute limit, long enough to hit it at least once;
+- ``cancelled``: cancelled while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from ijepa_ds.launch.monitor import JobFailedError, job_results, slurm_state
+from ijepa_ds.launch.slurm import Submission, add_slurm_arguments, submit
+from tests.helpers import REPO
+from tests.train.equivalence_worker import OVERRIDES
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+STEPS = 20  # schedule.epochs=5 x 4 steps per epoch (64 synthetic images, global batch 16)
+TIME_LIMIT_STEPS = 280  # ~70 s of training on one rank: outlasts the first USR2 (~45-60 s)
+TINY = [*OVERRIDES, "schedule.max_steps=0", "logging.jsonl=true", "logging.log_every=1"]
+JOB_TIMEOUT_S = 360
+
+
+@dataclass
+class Jobs:
+    out: Path
+    cli: subprocess.Popen
+    preempted: Submission
+    one_node: Submission
+    time_limit: Submission
+    cancelled: Submission
+
+
+def _submit(out: Path, name: str, nodes: int, tasks: int, epochs: int, *options: str):
+    parser = add_slurm_arguments(argparse.ArgumentParser())
+    args = parser.parse_args([
+        "--nodes", str(nodes), "--tasks-per-node", str(tasks), "--job-name", name, *options,
+        "--config", "fmnist_tiny", *TINY, f"schedule.epochs={epochs}",
+        f"logging.output_dir={out}", f"logging.run_name={name}_%j",
+    ])
+    return submit(args)[0]
+
+
+@pytest.fixture(scope="module")
+def jobs(slurm_cluster, tmp_path_factory):
+    if len(slurm_cluster.nodes) < 2:
+        pytest.skip(f"needs 2 SLURM nodes, the cluster has {slurm_cluster.nodes}")
+    out = tmp_path_factory.mktemp("slurm_runs")
+    # Longest first: it mostly waits for its time limit.
+    time_limit = _submit(out, "time_limit", 1, 1, TIME_LIMIT_STEPS // 4, "--time", "2",
+                         "--signal-delay", "60", "--max-requeues", "5")
+    cli = subprocess.Popen(
+        [sys.executable, str(REPO / "launchers" / "submit_slurm.py"), "--nodes", "2",
+         "--tasks-per-node", "1", "--time", "10", "--wait", "--config", "fmnist_tiny", *TINY,
+         "schedule.epochs=5", f"logging.output_dir={out}", "logging.run_name=two_nodes_%j"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    jobs = Jobs(
+        out=out, cli=cli,
+        preempted=_submit(out, "preempted", 2, 1, 5, "--time", "10"),
+        one_node=_submit(out, "one_node", 1, 2, 5, "--time", "10"),
+        time_limit=time_limit,
+        cancelled=_submit(out, "cancelled", 1, 1, 100, "--time", "10"),
+    )
+    yield jobs
+    cli.kill()
+    for sub in (jobs.preempted, jobs.one_node, jobs.time_limit, jobs.cancelled):
+        subprocess.run(["scancel", sub.job.job_id], capture_output=True)
+
+
+def _two_nodes_run(jobs: Jobs) -> tuple[Path, str]:
+    """Wait for the CLI submission; its run folder and stdout."""
+    stdout, stderr = jobs.cli.communicate(timeout=JOB_TIMEOUT_S)
+    assert jobs.cli.returncode == 0, f"{stdout}\n{stderr[-4000:]}"
+    (run_dir,) = jobs.out.glob("two_nodes_*")
+    return run_dir, stdout
+
+
+def _target(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    folder = run_dir / "checkpoints" / f"step_{step:08d}"
+    assert (folder / "COMPLETE").is_file()
+    return torch.load(folder / "target_encoder.pt", weights_only=True)["state_dict"]
+
+
+def _logged_losses(run_dir: Path) -> list[float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["step"] for r in records] == list(range(1, len(records) + 1))
+    return [r["loss"] for r in records]
+
+
+def _assert_same_params(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "final target encoders differ"
+
+
+def test_preempted_job_resumes_from_its_step_checkpoint_exactly(jobs):
+    sub = jobs.preempted
+    metrics = sub.run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        assert time.monotonic() < deadline, f"job {sub.job.job_id} never started training"
+        time.sleep(0.2)
+    sub.job._interrupt()  # scancel --signal TERM, then USR2: what a preemption sends
+    results = job_results(sub.job, sub.run_dir, timeout_s=JOB_TIMEOUT_S)
+    resumed_at = results[0]["start_step"]
+    assert 2 <= resumed_at < STEPS
+    assert [(r["restart"], r["final_step"]) for r in results] == [(1, STEPS), (1, STEPS)]
+    marker = json.loads((sub.run_dir / "checkpoints" / f"step_{resumed_at:08d}" / "COMPLETE")
+                        .read_text())
+    assert marker["reason"] == "requested+stop"  # saved at the signal's step boundary
+
+    reference, _ = _two_nodes_run(jobs)
+    assert _logged_losses(sub.run_dir) == _logged_losses(reference)
+    assert results[0]["losses"] == _logged_losses(reference)[resumed_at:]
+    _assert_same_params(_target(sub.run_dir, STEPS), _target(reference, STEPS))
+
+
+def test_two_node_job_through_the_cli_writes_a_complete_run(jobs):
+    run_dir, stdout = _two_nodes_run(jobs)
+    assert f"COMPLETED step {STEPS}/{STEPS}" in stdout and "ranks on n1,n2" in stdout
+    ranks = [json.loads((run_dir / "launch" / "ranks" / f"rank{r}.json").read_text())
+             for r in (0, 1)]
+    assert {r["hostname"] for r in ranks} == {"n1", "n2"}
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{STEPS:08d}"
+    assert len(_target(run_dir, STEPS)) > 0
+    launch = json.loads((run_dir / "launch" / "launch.json").read_text())
+    assert launch["git_revision"] and launch["sbatch"]["nodes"] == 2
+    with tarfile.open(run_dir / "launch" / "code.tar.gz") as tar:
+        names = tar.getnames()
+    assert "ijepa_ds/launch/job.py" in names and "ds_configs/zero1.json" in names
+    assert (run_dir / "config.yaml").is_file()
+
+
+def test_one_node_two_tasks_matches_the_two_node_run(jobs):
+    results = job_results(jobs.one_node.job, jobs.one_node.run_dir, timeout_s=JOB_TIMEOUT_S)
+    assert [r["rank"] for r in results] == [0, 1]
+    assert results[0]["hostname"] == results[1]["hostname"]
+    assert results[0]["final_step"] == STEPS and results[0]["restart"] == 0
+    # The code ran from the submission's snapshot, not from the checkout.
+    assert Path(results[0]["code_dir"]).parent.parent == jobs.out / "slurm" / "code"
+    reference, _ = _two_nodes_run(jobs)
+    _assert_same_params(_target(jobs.one_node.run_dir, STEPS), _target(reference, STEPS))
+
+
+def test_cancelled_job_is_reported_as_failed(jobs):
+    sub = jobs.cancelled
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while slurm_state(sub.job) != "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    subprocess.run(["scancel", sub.job.job_id], check=True)
+    with pytest.raises(JobFailedError, match="CANCELLED without a result") as err:
+        job_results(sub.job, sub.run_dir, timeout_s=60)
+    assert str(sub.run_dir) in str(err.value) and str(sub.job.paths.stderr) in str(err.value)
+
+
+def test_job_hitting_its_time_limit_is_requeued_and_completes(jobs):
+    sub = jobs.time_limit
+    results = job_results(sub.job, sub.run_dir, timeout_s=JOB_TIMEOUT_S)
+    assert results[0]["final_step"] == TIME_LIMIT_STEPS
+    assert results[0]["restart"] >= 1
+    assert len(_logged_losses(sub.run_dir)) == TIME_LIMIT_STEPS
+    sacct = subprocess.run(
+        ["sacct", "-j", sub.job.job_id, "--duplicates", "-X", "-n", "-P", "-o", "State"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert sacct[-1] == "COMPLETED" and "REQUEUED" in sacct
+    attempts = (sub.run_dir / "launch" / "attempts.jsonl").read_text().splitlines()
+    assert len(attempts) == results[0]["restart"] + 1
