@@ -55,7 +55,6 @@ class DataConfig:
     pin_memory: bool = _f(True, "Pin host memory for faster host-to-GPU copies.")
     persistent_workers: bool = _f(True, "Keep workers alive across epochs (needs workers > 0).")
     prefetch_factor: int = _f(2, "Batches prefetched per worker (used only with workers > 0).")
-    drop_last: bool = _f(True, "Drop the last incomplete batch of each epoch.")
     synthetic_size: int = _f(1024, "Number of images of the synthetic dataset.")
     synthetic_classes: int = _f(10, "Number of labels of the synthetic dataset.")
 

@@ -55,8 +55,12 @@ def build_train_dataset(cfg):
         mean=data.normalize_mean,
         std=data.normalize_std,
     )
-    num = data.synthetic_size if data.dataset == "synthetic" else None
-    return build_dataset(data.dataset, data.root, True, transform, num_samples=num)
+    if data.dataset == "synthetic":
+        return build_dataset(
+            "synthetic", "", True, transform,
+            num_samples=data.synthetic_size, num_classes=data.synthetic_classes,
+        )  # fmt: skip
+    return build_dataset(data.dataset, data.root, True, transform)
 
 
 def build_schedule(cfg, iterations_per_epoch: int) -> Schedule:

@@ -120,7 +120,7 @@ def test_unknown_yaml_keys_name_the_full_path_and_a_close_match(tmp_path):
         ("data.batch_size=abc", "data.batch_size: expected int, got str 'abc'"),
         ("schedule.lr=fast", "schedule.lr: expected number, got str 'fast'"),
         ("schedule.lr=false", "schedule.lr: expected number, got bool False"),
-        ("data.drop_last=1", "data.drop_last: expected bool, got int 1"),
+        ("data.pin_memory=1", "data.pin_memory: expected bool, got int 1"),
         ("data.crop_scale=[0.3, 0.5, 1.0]", "data.crop_scale: expected a list of 2 numbers"),
         ("data.crop_scale=0.5", "data.crop_scale: expected a list of 2 numbers, got float 0.5"),
         ("data.crop_scale=[a, 1.0]", "data.crop_scale[0]: expected number, got str 'a'"),

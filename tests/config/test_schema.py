@@ -13,7 +13,7 @@ from ijepa_ds.config.schema import ENCODER_DIMS, DataConfig
 EXPECTED_FIELDS = {
     "data": "dataset root crop_size crop_scale use_horizontal_flip use_color_distortion "
     "color_jitter_strength use_gaussian_blur normalize_mean normalize_std batch_size "
-    "global_batch_size num_workers pin_memory persistent_workers prefetch_factor drop_last "
+    "global_batch_size num_workers pin_memory persistent_workers prefetch_factor "
     "synthetic_size synthetic_classes",
     "mask": "compat num_enc_masks num_pred_masks enc_mask_scale pred_mask_scale aspect_ratio "
     "min_keep allow_overlap",
@@ -68,7 +68,7 @@ def test_iter_fields_lists_every_leaf_once_with_its_default():
 
 def test_defaults_follow_the_reference_recipe():
     cfg = Config()
-    assert cfg.data.crop_scale == (0.3, 1.0) and cfg.data.drop_last
+    assert cfg.data.crop_scale == (0.3, 1.0)
     assert not (cfg.data.use_horizontal_flip or cfg.data.use_color_distortion)
     m = cfg.mask
     assert (m.num_enc_masks, m.num_pred_masks, m.min_keep, m.allow_overlap) == (1, 4, 10, False)
