@@ -96,6 +96,9 @@ class ModelConfig:
         False, "Rescale block output weights by depth (not in effect upstream)."
     )
     attn_impl: Literal["sdpa", "eager"] = _f("sdpa", "Attention kernel: fused SDPA or eager math.")
+    mask_gather: Literal["index", "copy"] = _f(
+        "index", "Token gather: expanded-view index, or the reference's copied index (baseline)."
+    )
     pred_depth: int = _f(6, "Predictor blocks.")
     pred_emb_dim: int = _f(384, "Predictor width.")
     pred_num_heads: int = _f(0, "Predictor attention heads; 0 = the encoder's (as upstream).")
@@ -185,6 +188,20 @@ class EvalConfig:
     val_every_epochs: int = _f(1, "Linear-probe epochs between validations; 0 = only at the end.")
     low_shot_fractions: tuple[float, ...] = _f(
         (0.01, 0.1), "Fractions of the labelled train set for low-shot probes."
+    )
+    pretrain_val_every_epochs: int = _f(
+        1, "During pretraining: JEPA loss on the held-out split every N epochs (0 = off)."
+    )
+    pretrain_val_samples: int = _f(
+        1024, "Held-out images for the pretraining validation loss (masks fixed by seed)."
+    )
+    health_every_steps: int = _f(
+        0, "During pretraining: kNN accuracy, RankMe and feature std every N steps (0 = off)."
+    )
+    health_train_samples: int = _f(2048, "Labelled train images of the online kNN check.")
+    health_val_samples: int = _f(1024, "Held-out images of the online kNN check.")
+    collapse_std_threshold: float = _f(
+        1e-3, "Warn that features collapsed when their std across images falls below this."
     )
 
 

@@ -80,14 +80,15 @@ def build_schedule(cfg, iterations_per_epoch: int) -> Schedule:
     )
 
 
-def build_mask_sampler_from_config(cfg, global_batch_size: int):
+def build_mask_sampler_from_config(cfg, global_batch_size: int, seed: int | None = None):
+    """The configured mask sampler; ``seed`` defaults to ``cfg.seed``."""
     grid = cfg.data.crop_size // cfg.model.patch_size
     m = cfg.mask
     return build_mask_sampler(
         m.compat,
         grid_size=(grid, grid),
         global_batch_size=global_batch_size,
-        seed=cfg.seed,
+        seed=cfg.seed if seed is None else seed,
         enc_mask_scale=m.enc_mask_scale,
         pred_mask_scale=m.pred_mask_scale,
         aspect_ratio=m.aspect_ratio,
