@@ -73,6 +73,7 @@ class Schedule:
         return max(final, value) if final <= ref else min(final, value)
 
     def momentum_at(self, step: int) -> float:
-        """EMA momentum after optimizer step ``step``: linear momentum_start -> momentum_end."""
+        """EMA momentum after optimizer step ``step``: linear momentum_start -> momentum_end,
+        held at momentum_end past the end of the schedule (``schedule.max_steps`` beyond it)."""
         span = self.momentum_end - self.momentum_start
-        return self.momentum_start + step * span / self.momentum_steps
+        return self.momentum_start + min(step, self.momentum_steps) * span / self.momentum_steps

@@ -2,7 +2,7 @@
 """Submit training to SLURM: the same as ``ijepa-ds launch slurm``.
 
     python launchers/submit_slurm.py --nodes 2 --tasks-per-node 1 --config fmnist_tiny --wait
-    python launchers/submit_slurm.py --nodes 4 --tasks-per-node 8 --gpus-per-node 8 \\
+    python launchers/submit_slurm.py --nodes 2 --tasks-per-node 8 --gpus-per-node 8 \\
         --time 3-00:00:00 --partition learn --config vit_h14_in1k logging.run_name=vith_%j
     python launchers/submit_slurm.py --dry-run --sweep schedule.lr=1e-3,5e-4 --config vit_b16_in1k
 

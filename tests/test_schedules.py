@@ -67,6 +67,7 @@ def test_momentum_linear_with_ipe_scale():
     assert sched.total_steps == 25
     assert sched.momentum_at(0) == 0.996
     assert sched.momentum_at(25) == pytest.approx(1.0)
+    assert sched.momentum_at(400) == pytest.approx(1.0)  # held past the end, never above
     odd = _schedule(ipe=3, epochs=1, ipe_scale=1.5)  # 4.5 steps: reference divides by the float
     assert odd.momentum_at(1) == pytest.approx(0.996 + 0.004 / 4.5)
 

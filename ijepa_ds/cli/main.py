@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ijepa_ds.cli.convert_cmd import configure_convert
+from ijepa_ds.cli.launch_cmd import configure_launch
 from ijepa_ds.cli.train_cmd import configure_train
 from ijepa_ds.config import (
     Config,
@@ -105,7 +106,8 @@ def configure_config(parser: argparse.ArgumentParser) -> None:
 COMMANDS: list[tuple[str, str, Configure]] = [
     ("config", "show, list and document run configs", configure_config),
     ("train", "pretrain I-JEPA (one process, torchrun, deepspeed or srun)", configure_train),
-    ("convert", "convert DeepSpeed / consolidated / reference / timm checkpoints", configure_convert),
+    ("convert", "convert DeepSpeed, consolidated, reference, timm weights", configure_convert),
+    ("launch", "start ranks locally or submit to SLURM", configure_launch),
 ]
 
 

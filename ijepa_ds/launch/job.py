@@ -19,20 +19,22 @@ would hang; the save already happened on all ranks together.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 import submitit
 
 from ijepa_ds.distributed import slurm_master_port
+from ijepa_ds.observability import get_logger
+
+log = get_logger(__name__)
 
 LAUNCH_DIR = "launch"
 # How long ranks other than 0 wait for the requeue to kill them before giving up.
@@ -121,28 +123,9 @@ def install_preemption_handler(
     return handler
 
 
-@contextmanager
-def policies_attached_to(handler: PreemptionHandler) -> Iterator[None]:
-    """Attach the ``SavePolicy`` that ``run_training`` creates to ``handler``.
-
-    ``run_training`` builds its policy internally and takes none from outside, so the class it
-    looks up is wrapped for the duration of the call (a ``policy_hook`` argument of
-    ``run_training`` would make this unnecessary).
-    """
-    from ijepa_ds.train import main as train_main
-
-    original = train_main.SavePolicy
-
-    def build(*args, **kwargs):
-        policy = original(*args, **kwargs)
-        handler.attach(policy)
-        return policy
-
-    train_main.SavePolicy = build
-    try:
-        yield
-    finally:
-        train_main.SavePolicy = original
+def restart_count() -> int:
+    """How many times SLURM requeued this job so far (0 on the first run)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
 
 
 def _resume_argument(user_resume: str, run_dir: Path) -> str:
@@ -154,13 +137,22 @@ def _resume_argument(user_resume: str, run_dir: Path) -> str:
     return user_resume
 
 
+def _export_snapshot_revision(snapshot: Path | None) -> None:
+    """Jobs import a code snapshot that is no git checkout: pass its recorded revision on."""
+    record = snapshot / "launch.json" if snapshot is not None else None
+    if record is not None and record.is_file():
+        revision = json.loads(record.read_text()).get("git_revision")
+        if revision:
+            os.environ["IJEPA_DS_GIT_REVISION"] = revision
+
+
 def _record_attempt(run_dir: Path, snapshot: Path | None, env, rank: int) -> None:
     """Per-rank host record; on rank 0 also the launch record and code archive (once)."""
     launch = run_dir / LAUNCH_DIR
     (launch / "ranks").mkdir(parents=True, exist_ok=True)
     attempt = {
         "job_id": env.job_id,
-        "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+        "restart": restart_count(),
         "rank": rank,
         "hostname": socket.gethostname(),
         "time": time.time(),
@@ -179,7 +171,9 @@ def _record_attempt(run_dir: Path, snapshot: Path | None, env, rank: int) -> Non
 def _wait_for_requeue(rank: int) -> None:
     """Ranks > 0 after a preemption stop: rank 0 requeues the job, which kills this process.
 
-    Returning instead would make submitit write this task's result as if the run had ended.
+    Returning instead would make submitit write this task's result as if the run had ended
+    (and the client could read that stale result after the real end). If rank 0 cannot
+    requeue (no requeues left), this rank fails after ``REQUEUE_WAIT_S``.
     """
     deadline = time.monotonic() + REQUEUE_WAIT_S
     while time.monotonic() < deadline:
@@ -188,6 +182,24 @@ def _wait_for_requeue(rank: int) -> None:
         f"rank {rank}: training stopped for preemption but the job was not requeued within "
         f"{REQUEUE_WAIT_S:.0f} s; see rank 0's log for why"
     )
+
+
+def _hand_over_to_submitit(handler: PreemptionHandler, rank: int, step: int, total: int) -> None:
+    """After a preemption stop (checkpoint saved by all ranks): rank 0 runs submitit's own
+    handler (``checkpoint()``, ``scontrol requeue``, exit); the others wait to be killed by the
+    requeue. Outside submitit (no previous handler) it returns and the caller reports."""
+    if not callable(handler.previous):
+        return
+    log.warning(
+        "stopped at step %d of %d on the preemption signal, checkpoint saved; %s",
+        step,
+        total,
+        "requeueing" if rank == 0 else "waiting for rank 0 to requeue the job",
+    )
+    if rank == 0:
+        handler.previous(handler.signum, None)
+    else:
+        _wait_for_requeue(rank)
 
 
 class TrainingJob(submitit.helpers.Checkpointable):
@@ -219,28 +231,33 @@ class TrainingJob(submitit.helpers.Checkpointable):
         from ijepa_ds.cli.train_cmd import add_train_arguments
         from ijepa_ds.train.main import run_training
 
-        args = _parse_train_args(add_train_arguments, self.train_argv)
+        parser = add_train_arguments(argparse.ArgumentParser(prog="ijepa-ds train"))
+        args = parser.parse_args(self.train_argv)
         run_dir = Path(self.output_dir) / resolve_run_name(self.run_name, env.job_id)
         _record_attempt(run_dir, self.snapshot and Path(self.snapshot), env, env.global_rank)
-        args.overrides += [f"logging.output_dir={self.output_dir}", f"logging.run_name={run_dir.name}"]
+        args.overrides += [
+            f"logging.output_dir={self.output_dir}",
+            f"logging.run_name={run_dir.name}",
+        ]
         args.resume = _resume_argument(args.resume, run_dir)
-        with policies_attached_to(handler):
-            result = run_training(args)
+        _export_snapshot_revision(self.snapshot and Path(self.snapshot))
+        result = run_training(args, on_policy=handler.attach)
         total = handler.policy.total_steps
         final = result["start_step"] + len(result["losses"])
         preempted = final < total
-        if preempted and callable(handler.previous):
-            if env.global_rank == 0:
-                # submitit's handler: self.checkpoint(), scontrol requeue, exit.
-                handler.previous(handler.signum, None)
-            else:
-                _wait_for_requeue(env.global_rank)
+        if preempted:
+            _hand_over_to_submitit(handler, env.global_rank, final, total)
+        else:
+            # Done: a time-limit signal arriving now (while the interpreter shuts down, when
+            # Python handlers may no longer run) would kill the task and mark the job FAILED.
+            signal.signal(handler.signum, signal.SIG_IGN)
         return {
             **result,
             "rank": env.global_rank,
             "hostname": socket.gethostname(),
             "job_id": env.job_id,
-            "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+            "master": f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}",
+            "restart": restart_count(),
             "final_step": final,
             "total_steps": total,
             "preempted": preempted,
@@ -251,9 +268,3 @@ class TrainingJob(submitit.helpers.Checkpointable):
         """Requeue the same callable; it resumes with ``--resume auto``. Saves nothing: see the
         module docstring (rank 0 only, inside a signal handler)."""
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
-
-
-def _parse_train_args(add_arguments: Callable, argv: list[str]):
-    import argparse
-
-    return add_arguments(argparse.ArgumentParser(prog="ijepa-ds train")).parse_args(argv)

@@ -57,7 +57,9 @@ def add_local_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )
     group.add_argument("--hostfile", default=None, help="deepspeed: 'host slots=N' per line")
     group.add_argument(
-        "--log-level", choices=LOG_LEVELS, default="WARNING",
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="WARNING",
         help="verbosity of the launcher and torch.distributed (LOGLEVEL, TORCH_CPP_LOG_LEVEL, "
         "NCCL_DEBUG; values already set in the environment win)",
     )
@@ -88,10 +90,16 @@ def build_command(args: argparse.Namespace, master_port: int) -> list[str]:
     trainer = ["ijepa_ds", "train", *train_argv(args)]
     if args.launcher == "torchrun":
         return [
-            sys.executable, "-m", "torch.distributed.run",
-            f"--nproc-per-node={args.nproc_per_node}", f"--nnodes={args.nnodes}",
-            f"--node-rank={args.node_rank}", f"--master-addr={args.master_addr}",
-            f"--master-port={master_port}", "--module", *trainer,
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={args.nproc_per_node}",
+            f"--nnodes={args.nnodes}",
+            f"--node-rank={args.node_rank}",
+            f"--master-addr={args.master_addr}",
+            f"--master-port={master_port}",
+            "--module",
+            *trainer,
         ]
     command = [sys.executable, "-m", "deepspeed.launcher.runner"]
     if args.hostfile:
@@ -99,8 +107,12 @@ def build_command(args: argparse.Namespace, master_port: int) -> list[str]:
     # --no_local_rank: the launcher would put --local_rank=N between "ijepa_ds" and "train",
     # where the top-level parser rejects it; LOCAL_RANK in the environment says the same.
     command += [
-        f"--num_gpus={args.nproc_per_node}", f"--master_addr={args.master_addr}",
-        f"--master_port={master_port}", "--no_local_rank", "--module", *trainer,
+        f"--num_gpus={args.nproc_per_node}",
+        f"--master_addr={args.master_addr}",
+        f"--master_port={master_port}",
+        "--no_local_rank",
+        "--module",
+        *trainer,
     ]
     return command
 

@@ -4,7 +4,7 @@
 
     ijepa-ds launch slurm --nodes 2 --tasks-per-node 8 --gpus-per-node 8 --time 4320 \\
         --partition learn --config vit_h14_in1k logging.run_name=vith_%j --wait
-    ijepa-ds launch slurm --config vit_b16_in1k --sweep optim.lr=1e-3,5e-4   # a job array
+    ijepa-ds launch slurm --config vit_b16_in1k --sweep schedule.lr=1e-3,5e-4   # a job array
 
 Per submission, the ``ijepa_ds`` package is copied into ``<slurm-dir>/code/<stamp>/`` and the
 jobs run from that copy (their working directory), so editing the checkout while jobs wait or
@@ -75,7 +75,7 @@ def split_values(text: str) -> list[str]:
 
 
 def expand_sweep(sweeps: Sequence[str]) -> list[list[str]]:
-    """``["optim.lr=1e-3,5e-4", "seed=0,1"]`` -> the 4 override lists of the grid.
+    """``["schedule.lr=1e-3,5e-4", "seed=0,1"]`` -> the 4 override lists of the grid.
 
     The key ``config`` sweeps the preset / YAML file itself (``config=NAME``).
     """
@@ -127,7 +127,7 @@ class Submission:
 
     job: Any  # submitit.Job
     run_dir: Path
-    overrides: list[str]
+    train_argv: list[str]
 
 
 def snapshot_code(dest: Path, record: dict) -> Path:
@@ -173,8 +173,9 @@ def _runs(args: argparse.Namespace, world_size: int) -> list[tuple[list[str], st
                 f"logging.run_name={template!r} is shared by {len(members)} sweep runs: "
                 "put %j or {job_id} in it"
             )
-        argv = train_argv(argparse.Namespace(**{**vars(args), "config": config,
-                                                 "overrides": overrides}))
+        argv = train_argv(
+            argparse.Namespace(**{**vars(args), "config": config, "overrides": overrides})
+        )
         runs.append((argv, template, str(Path(cfg.logging.output_dir).resolve())))
     return runs
 
@@ -221,22 +222,36 @@ def add_slurm_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     for name in ("partition", "account", "qos", "constraint", "exclude"):
         g.add_argument(f"--{name}", default="")
     g.add_argument(
-        "--sbatch", action="append", default=[], metavar="KEY[=VALUE]",
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="KEY[=VALUE]",
         help="any other sbatch option, e.g. --sbatch reservation=r1 --sbatch exclusive",
     )
     j = parser.add_argument_group("jobs")
     j.add_argument("--job-name", default="ijepa")
     j.add_argument(
-        "--sweep", action="append", default=[], metavar="KEY=V1,V2",
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
         help="one job per value (grid over several --sweep), submitted as one array; "
         "KEY 'config' sweeps the preset",
     )
-    j.add_argument("--slurm-dir", default="", help="job logs and code copies "
-                   "(default <logging.output_dir>/slurm)")
-    j.add_argument("--signal-delay", type=int, default=120,
-                   help="seconds before the time limit at which the job saves and requeues")
-    j.add_argument("--max-requeues", type=int, default=3,
-                   help="time-outs/preemptions a job may requeue after")
+    j.add_argument(
+        "--slurm-dir",
+        default="",
+        help="job logs and code copies (default <logging.output_dir>/slurm)",
+    )
+    j.add_argument(
+        "--signal-delay",
+        type=int,
+        default=120,
+        help="seconds before the time limit at which the job saves and requeues",
+    )
+    j.add_argument(
+        "--max-requeues", type=int, default=3, help="time-outs/preemptions a job may requeue after"
+    )
     j.add_argument("--wait", action="store_true", help="wait for the jobs and report")
     j.add_argument("--dry-run", action="store_true", help="print the sbatch script only")
     return add_train_arguments(parser)
@@ -251,10 +266,13 @@ def dry_run_text(args: argparse.Namespace) -> str:
     options = sbatch_options(args, workdir=str(slurm_dir / "code" / "<stamp>"))
     script = _make_sbatch_string(
         command=f"{sys.executable} -u -m submitit.core._submit {slurm_dir / '%j'}",
-        folder=slurm_dir / "%j", map_count=len(runs) if len(runs) > 1 else None, **options
+        folder=slurm_dir / "%j",
+        map_count=len(runs) if len(runs) > 1 else None,
+        **options,
     )
-    lines = [script] + [f"# run {name} in {out}: ijepa-ds train {' '.join(a)}"
-                        for a, name, out in runs]
+    lines = [script] + [
+        f"# run {name} in {out}: ijepa-ds train {' '.join(a)}" for a, name, out in runs
+    ]
     return "\n".join(lines)
 
 
@@ -267,8 +285,10 @@ def run_slurm(args: argparse.Namespace) -> int:
         return 0
     submissions = submit(args)
     for sub in submissions:
-        print(f"submitted job {sub.job.job_id}: run folder {sub.run_dir}, "
-              f"log {sub.job.paths.stdout}", flush=True)
+        print(
+            f"submitted job {sub.job.job_id}: run folder {sub.run_dir}, log {sub.job.paths.stdout}",
+            flush=True,
+        )
     if not args.wait:
         return 0
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -25,7 +26,10 @@ def agree_on_run_dir(cfg, rank: int) -> Path:
 
 
 def git_revision() -> str:
-    """``git describe`` of the package's checkout, or ``unknown`` outside a git work tree."""
+    """``IJEPA_DS_GIT_REVISION`` if set (jobs running from a code snapshot), else ``git
+    describe`` of the package's checkout, else ``unknown``."""
+    if os.environ.get("IJEPA_DS_GIT_REVISION"):
+        return os.environ["IJEPA_DS_GIT_REVISION"]
     repo = Path(__file__).resolve().parent.parent.parent
     try:
         out = subprocess.run(

@@ -311,6 +311,14 @@ main() {
   start_accounting
   detached slurmctld -f "$SLURM_CONF" || fail "slurmctld did not start (see $LOG/slurmctld.log)"
   retry_for "$WAIT_S" scontrol ping || fail "slurmctld does not answer (see $LOG/slurmctld.log)"
+  # Jobs recovered from the saved state have no processes left (stop.sh killed everything in
+  # the node namespaces); left alone they would hold their CPUs as RUNNING ghosts.
+  local stale
+  stale=$(squeue -h -o %A | tr '\n' ' ')
+  if [[ -n ${stale// /} ]]; then
+    say "cancelling jobs left from the previous cluster: $stale"
+    scancel $stale
+  fi
   local i
   for i in $(seq "$NODES"); do start_node "$i"; done
   retry_for "$WAIT_S" nodes_up || {

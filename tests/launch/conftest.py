@@ -46,6 +46,8 @@ def probe_cluster() -> tuple[SlurmCluster | None, str]:
     conf = _find_conf()
     if conf is None:
         return None, f"SLURM_CONF is not set and no test cluster config exists; {START_HINT}"
+    if not Path(conf).is_file():  # clients would fall back to a DNS lookup
+        return None, f"SLURM_CONF={conf} does not exist; {START_HINT}"
     if shutil.which("sinfo") is None or shutil.which("sacct") is None:
         return None, f"SLURM clients (sinfo, sacct) are not installed; {START_HINT}"
     try:
@@ -60,10 +62,9 @@ def probe_cluster() -> tuple[SlurmCluster | None, str]:
             f"sacct failed ({sacct.stderr.strip()}): without accounting submitit cannot tell a "
             "cancelled job from a running one"
         )
-    up = ("idle", "mixed", "allocated")
-    nodes = tuple(
-        line.split()[0] for line in sinfo.stdout.splitlines() if line.split()[-1].rstrip("*~#") in up
-    )
+    # "idle*" (a trailing mark) means not responding, drained, powered down...: not up.
+    up = ("idle", "mixed", "allocated", "completing")
+    nodes = tuple(line.split()[0] for line in sinfo.stdout.splitlines() if line.split()[-1] in up)
     if not nodes:
         return None, f"no SLURM node is up ({sinfo.stdout.strip()!r}); {START_HINT}"
     return SlurmCluster(conf=conf, nodes=nodes), ""

@@ -24,25 +24,58 @@ def _args(*argv: str) -> argparse.Namespace:
 
 
 def test_torchrun_command_runs_the_trainer_module_with_its_arguments():
-    args = _args("--nproc-per-node", "2", "--config", "fmnist_tiny", "schedule.lr=1e-3",
-                 "--resume", "auto", "--resume-fallback")
+    args = _args(
+        "--nproc-per-node",
+        "2",
+        "--config",
+        "fmnist_tiny",
+        "schedule.lr=1e-3",
+        "--resume",
+        "auto",
+        "--resume-fallback",
+    )
     cmd = build_command(args, master_port=29533)
     assert cmd[1:3] == ["-m", "torch.distributed.run"]
-    assert {"--nproc-per-node=2", "--nnodes=1", "--node-rank=0", "--master-port=29533",
-            "--master-addr=127.0.0.1"} <= set(cmd)
-    tail = cmd[cmd.index("--module") + 1:]
-    assert tail == ["ijepa_ds", "train", "--config", "fmnist_tiny", "schedule.lr=1e-3",
-                    "--resume", "auto", "--resume-fallback"]
+    assert {
+        "--nproc-per-node=2",
+        "--nnodes=1",
+        "--node-rank=0",
+        "--master-port=29533",
+        "--master-addr=127.0.0.1",
+    } <= set(cmd)
+    tail = cmd[cmd.index("--module") + 1 :]
+    assert tail == [
+        "ijepa_ds",
+        "train",
+        "--config",
+        "fmnist_tiny",
+        "schedule.lr=1e-3",
+        "--resume",
+        "auto",
+        "--resume-fallback",
+    ]
 
 
 def test_deepspeed_command_uses_hostfile_and_passes_no_local_rank_argument():
-    args = _args("--launcher", "deepspeed", "--nproc-per-node", "8", "--hostfile", "hosts.txt",
-                 "--config", "fmnist_tiny")
+    args = _args(
+        "--launcher",
+        "deepspeed",
+        "--nproc-per-node",
+        "8",
+        "--hostfile",
+        "hosts.txt",
+        "--config",
+        "fmnist_tiny",
+    )
     cmd = build_command(args, master_port=29533)
     assert cmd[1:3] == ["-m", "deepspeed.launcher.runner"]
-    assert {"--hostfile=hosts.txt", "--num_gpus=8", "--master_port=29533",
-            "--no_local_rank"} <= set(cmd)
-    assert cmd[cmd.index("--module") + 1:] == ["ijepa_ds", "train", "--config", "fmnist_tiny"]
+    assert {
+        "--hostfile=hosts.txt",
+        "--num_gpus=8",
+        "--master_port=29533",
+        "--no_local_rank",
+    } <= set(cmd)
+    assert cmd[cmd.index("--module") + 1 :] == ["ijepa_ds", "train", "--config", "fmnist_tiny"]
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,6 @@ from ijepa_ds.launch.job import (
     TrainingJob,
     dist_env_vars,
     install_preemption_handler,
-    policies_attached_to,
     preemption_signal,
     resolve_run_name,
 )
@@ -49,8 +48,12 @@ class FakeJobEnv:
 def test_rank_variables_come_from_the_job_environment():
     env = dist_env_vars(FakeJobEnv())
     assert env == {
-        "RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2",
-        "MASTER_ADDR": "gpu-a17", "MASTER_PORT": str(slurm_master_port(4242)),
+        "RANK": "3",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "4",
+        "LOCAL_WORLD_SIZE": "2",
+        "MASTER_ADDR": "gpu-a17",
+        "MASTER_PORT": str(slurm_master_port(4242)),
     }
     # The trainer's strict detection reads them as a complete launcher environment, even with
     # SLURM's own variables present.
@@ -66,14 +69,20 @@ def test_uneven_tasks_per_node_leave_local_world_size_unset():
 
 
 def test_master_port_follows_the_job_id_not_a_fixed_value():
-    ports = {int(dist_env_vars(FakeJobEnv(raw_job_id=str(j)))["MASTER_PORT"]) for j in range(100, 140)}
+    ports = {
+        int(dist_env_vars(FakeJobEnv(raw_job_id=str(j)))["MASTER_PORT"]) for j in range(100, 140)
+    }
     assert len(ports) == 40 and all(20000 <= p < 40000 for p in ports)
 
 
 @pytest.mark.parametrize(
     "template,job_id,expected",
-    [("vith_%j", "123", "vith_123"), ("run-{job_id}", "123_4", "run-123_4"),
-     ("a%j_{job_id}", "7", "a7_7"), ("fixed", "9", "fixed")],
+    [
+        ("vith_%j", "123", "vith_123"),
+        ("run-{job_id}", "123_4", "run-123_4"),
+        ("a%j_{job_id}", "7", "a7_7"),
+        ("fixed", "9", "fixed"),
+    ],
 )
 def test_run_name_gets_the_job_id(template, job_id, expected):
     assert resolve_run_name(template, job_id) == expected
@@ -115,15 +124,13 @@ def test_usr1_cannot_be_the_preemption_signal(monkeypatch):
         preemption_signal()
 
 
-def test_policy_created_by_the_trainer_is_attached():
-    from ijepa_ds.train import main as train_main
+def test_attach_routes_the_signal_to_the_policy():
+    from ijepa_ds.checkpoint.policy import SavePolicy
 
     handler = job_module.PreemptionHandler(signal.SIGUSR2)
-    original = train_main.SavePolicy
-    with policies_attached_to(handler):
-        policy = train_main.SavePolicy(0, 0, True, 5)
-    assert handler.policy is policy and isinstance(policy, original)
-    assert train_main.SavePolicy is original
+    policy = SavePolicy(0, 0, True, 5)
+    handler.attach(policy)  # what run_training(args, on_policy=handler.attach) does
+    assert handler.policy is policy
 
 
 def test_checkpoint_resubmits_the_same_job_without_saving(tmp_path):
@@ -146,8 +153,14 @@ def test_resume_is_auto_once_the_run_has_a_checkpoint(tmp_path):
 
 @pytest.mark.parametrize(
     "text,minutes",
-    [("90", 90), ("1:30:00", 90), ("2-00:00:00", 2880), ("1-12", 2160), ("10:30", 11),
-     ("0-0:1", 1)],
+    [
+        ("90", 90),
+        ("1:30:00", 90),
+        ("2-00:00:00", 2880),
+        ("1-12", 2160),
+        ("10:30", 11),
+        ("0-0:1", 1),
+    ],
 )
 def test_time_limit_forms(text, minutes):
     assert parse_time(text) == minutes
@@ -165,27 +178,73 @@ def _slurm_args(*argv: str) -> argparse.Namespace:
 
 def test_options_map_to_sbatch_lines(tmp_path):
     args = _slurm_args(
-        "--nodes", "4", "--tasks-per-node", "8", "--gpus-per-node", "8", "--cpus-per-task", "10",
-        "--mem", "480G", "--time", "3-00:00:00", "--partition", "learn", "--account", "vision",
-        "--qos", "high", "--constraint", "volta32gb", "--exclude", "gpu-[1-3]",
-        "--sbatch", "reservation=r1", "--sbatch", "exclusive", "--job-name", "vith",
-        "--signal-delay", "300",
+        "--nodes",
+        "4",
+        "--tasks-per-node",
+        "8",
+        "--gpus-per-node",
+        "8",
+        "--cpus-per-task",
+        "10",
+        "--mem",
+        "480G",
+        "--time",
+        "3-00:00:00",
+        "--partition",
+        "learn",
+        "--account",
+        "vision",
+        "--qos",
+        "high",
+        "--constraint",
+        "volta32gb",
+        "--exclude",
+        "gpu-[1-3]",
+        "--sbatch",
+        "reservation=r1",
+        "--sbatch",
+        "exclusive",
+        "--job-name",
+        "vith",
+        "--signal-delay",
+        "300",
     )
     script = _make_sbatch_string(command="true", folder=tmp_path, **sbatch_options(args, "/c"))
     for line in [
-        "--nodes=4", "--ntasks-per-node=8", "--gpus-per-node=8", "--cpus-per-task=10",
-        "--mem=480G", "--time=4320", "--partition=learn", "--account=vision", "--qos=high",
-        "--constraint=volta32gb", "--exclude='gpu-[1-3]'", "--reservation=r1", "--exclusive",
-        "--job-name=vith", "--signal=USR2@300", "--chdir=/c",
+        "--nodes=4",
+        "--ntasks-per-node=8",
+        "--gpus-per-node=8",
+        "--cpus-per-task=10",
+        "--mem=480G",
+        "--time=4320",
+        "--partition=learn",
+        "--account=vision",
+        "--qos=high",
+        "--constraint=volta32gb",
+        "--exclude='gpu-[1-3]'",
+        "--reservation=r1",
+        "--exclusive",
+        "--job-name=vith",
+        "--signal=USR2@300",
+        "--chdir=/c",
     ]:  # submitit shell-quotes values with special characters; sbatch strips the quotes
         assert f"#SBATCH {line}\n" in script, line
     assert "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}" in script
 
 
 def test_unset_options_leave_no_sbatch_line(tmp_path):
-    script = _make_sbatch_string(command="true", folder=tmp_path, **sbatch_options(_slurm_args(), "/c"))
-    for flag in ("--partition", "--account", "--qos", "--constraint", "--exclude", "--mem=",
-                 "--gpus-per-node"):
+    script = _make_sbatch_string(
+        command="true", folder=tmp_path, **sbatch_options(_slurm_args(), "/c")
+    )
+    for flag in (
+        "--partition",
+        "--account",
+        "--qos",
+        "--constraint",
+        "--exclude",
+        "--mem=",
+        "--gpus-per-node",
+    ):
         assert f"#SBATCH {flag}" not in script
 
 
@@ -213,10 +272,15 @@ def test_sweep_values_split_outside_brackets():
 
 
 def test_sweep_is_one_array_with_a_run_per_value(tmp_path):
-    text = dry_run_text(_slurm_args(
-        "--slurm-dir", str(tmp_path), "--sweep", "schedule.lr=1e-3,5e-4",
-        f"logging.output_dir={tmp_path}",
-    ))
+    text = dry_run_text(
+        _slurm_args(
+            "--slurm-dir",
+            str(tmp_path),
+            "--sweep",
+            "schedule.lr=1e-3,5e-4",
+            f"logging.output_dir={tmp_path}",
+        )
+    )
     assert "#SBATCH --array=0-1%2" in text
     assert "schedule.lr=1e-3" in text and "schedule.lr=5e-4" in text
     assert text.count(f"# run ijepa-%j in {tmp_path}") == 2

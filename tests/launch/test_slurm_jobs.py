@@ -5,19 +5,21 @@ its own. Every job trains the equivalence tests' tiny synthetic setup for real (
 steps unless said otherwise):
 
 - ``two_nodes``: 2 nodes x 1 task through ``launchers/submit_slurm.py --wait`` (the reference);
-- ``preempted``: the same run, preempted mid-run with ``job._interrupt()``;
-- ``one_node``: 1 node x 2 tasks;
+- ``preempted``: the same run, preempted with ``job._interrupt()`` once it trained 2 steps;
+- ``one_node``: 1 node x 2 tasks, twice, as a 2-task array sweeping a logging-only knob;
 - ``time_limit``: 1 task, 2-minute limit, long enough to hit it at least once;
-- ``cancelled``: cancelled while running.
+- ``cancelled``: cancelled as soon as it runs (the first test, so it frees its CPU early).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,9 @@ from tests.train.equivalence_worker import OVERRIDES
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 STEPS = 20  # schedule.epochs=5 x 4 steps per epoch (64 synthetic images, global batch 16)
-TIME_LIMIT_STEPS = 280  # ~70 s of training on one rank: outlasts the first USR2 (~45-60 s)
+# ~65 s of training on one unloaded rank: outlasts the first USR2, which SLURM sends 30-60 s
+# into a 2-minute job with --signal-delay 60 (it checks time limits every ~30 s).
+TIME_LIMIT_STEPS = 260
 TINY = [*OVERRIDES, "schedule.max_steps=0", "logging.jsonl=true", "logging.log_every=1"]
 JOB_TIMEOUT_S = 360
 
@@ -41,21 +45,37 @@ JOB_TIMEOUT_S = 360
 @dataclass
 class Jobs:
     out: Path
-    cli: subprocess.Popen
+    cli: subprocess.Popen  # launchers/submit_slurm.py --wait, the 2-node reference run
     preempted: Submission
-    one_node: Submission
+    interrupted: threading.Event  # set once job._interrupt() was sent to ``preempted``
+    one_node: list[Submission]  # a job array
     time_limit: Submission
     cancelled: Submission
 
 
-def _submit(out: Path, name: str, nodes: int, tasks: int, epochs: int, *options: str):
+def _submit(out: Path, name: str, options: str, epochs: int = 5) -> list[Submission]:
     parser = add_slurm_arguments(argparse.ArgumentParser())
-    args = parser.parse_args([
-        "--nodes", str(nodes), "--tasks-per-node", str(tasks), "--job-name", name, *options,
-        "--config", "fmnist_tiny", *TINY, f"schedule.epochs={epochs}",
-        f"logging.output_dir={out}", f"logging.run_name={name}_%j",
-    ])
-    return submit(args)[0]
+    args = parser.parse_args(
+        [*options.split(), "--job-name", name, "--config", "fmnist_tiny", *TINY]
+        + [f"schedule.epochs={epochs}", f"logging.output_dir={out}", f"logging.run_name={name}_%j"]
+    )
+    return submit(args)
+
+
+def _interrupt_once_training(sub: Submission, done: threading.Event, min_steps: int = 2) -> None:
+    """Preempt ``sub`` (SIGTERM then USR2, as SLURM does) once it logged ``min_steps`` steps.
+
+    Runs in a thread started with the submissions, so the preemption lands mid-run whatever
+    order the tests run in.
+    """
+    metrics = sub.run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= min_steps:
+            sub.job._interrupt()
+            done.set()
+            return
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -64,25 +84,30 @@ def jobs(slurm_cluster, tmp_path_factory):
         pytest.skip(f"needs 2 SLURM nodes, the cluster has {slurm_cluster.nodes}")
     out = tmp_path_factory.mktemp("slurm_runs")
     # Longest first: it mostly waits for its time limit.
-    time_limit = _submit(out, "time_limit", 1, 1, TIME_LIMIT_STEPS // 4, "--time", "2",
-                         "--signal-delay", "60", "--max-requeues", "5")
+    (time_limit,) = _submit(
+        out, "time_limit", "--time 2 --signal-delay 60 --max-requeues 8", TIME_LIMIT_STEPS // 4
+    )
+    reference = ["--nodes", "2", "--time", "10", "--wait", "--config", "fmnist_tiny", *TINY]
+    reference += ["schedule.epochs=5", f"logging.output_dir={out}", "logging.run_name=two_nodes_%j"]
     cli = subprocess.Popen(
-        [sys.executable, str(REPO / "launchers" / "submit_slurm.py"), "--nodes", "2",
-         "--tasks-per-node", "1", "--time", "10", "--wait", "--config", "fmnist_tiny", *TINY,
-         "schedule.epochs=5", f"logging.output_dir={out}", "logging.run_name=two_nodes_%j"],
+        [sys.executable, str(REPO / "launchers" / "submit_slurm.py"), *reference],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    (preempted,) = _submit(out, "preempted", "--nodes 2 --time 10")
+    interrupted = threading.Event()
+    watcher = threading.Thread(target=_interrupt_once_training, args=(preempted, interrupted))
+    watcher.daemon = True
+    watcher.start()
+    (cancelled,) = _submit(out, "cancelled", "--time 10", epochs=100)
+    one_node = _submit(
+        out, "one_node", "--tasks-per-node 2 --time 10 --sweep logging.log_every=1,5"
     )
-    jobs = Jobs(
-        out=out, cli=cli,
-        preempted=_submit(out, "preempted", 2, 1, 5, "--time", "10"),
-        one_node=_submit(out, "one_node", 1, 2, 5, "--time", "10"),
-        time_limit=time_limit,
-        cancelled=_submit(out, "cancelled", 1, 1, 100, "--time", "10"),
-    )
-    yield jobs
+    yield Jobs(out, cli, preempted, interrupted, one_node, time_limit, cancelled)
     cli.kill()
-    for sub in (jobs.preempted, jobs.one_node, jobs.time_limit, jobs.cancelled):
-        subprocess.run(["scancel", sub.job.job_id], capture_output=True)
+    ids = re.findall(r"submitted job (\S+):", cli.communicate()[0])
+    for sub in (preempted, *one_node, time_limit, cancelled):
+        ids.append(sub.job.job_id)
+    subprocess.run(["scancel", *ids], capture_output=True)
 
 
 def _two_nodes_run(jobs: Jobs) -> tuple[Path, str]:
@@ -106,58 +131,25 @@ def _logged_losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in records]
 
 
+def _accounting_states(job_id: str) -> list[str]:
+    """States of every run of the job (``sacct --duplicates``), once the last one has ended:
+    the result files appear while SLURM still says RUNNING or COMPLETING."""
+    deadline = time.monotonic() + 60
+    while True:
+        states = subprocess.run(
+            ["sacct", "-j", job_id, "--duplicates", "-X", "-n", "-P", "-o", "State"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        if states and states[-1] not in ("RUNNING", "COMPLETING") or time.monotonic() > deadline:
+            return states
+        time.sleep(1)
+
+
 def _assert_same_params(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "final target encoders differ"
-
-
-def test_preempted_job_resumes_from_its_step_checkpoint_exactly(jobs):
-    sub = jobs.preempted
-    metrics = sub.run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
-        assert time.monotonic() < deadline, f"job {sub.job.job_id} never started training"
-        time.sleep(0.2)
-    sub.job._interrupt()  # scancel --signal TERM, then USR2: what a preemption sends
-    results = job_results(sub.job, sub.run_dir, timeout_s=JOB_TIMEOUT_S)
-    resumed_at = results[0]["start_step"]
-    assert 2 <= resumed_at < STEPS
-    assert [(r["restart"], r["final_step"]) for r in results] == [(1, STEPS), (1, STEPS)]
-    marker = json.loads((sub.run_dir / "checkpoints" / f"step_{resumed_at:08d}" / "COMPLETE")
-                        .read_text())
-    assert marker["reason"] == "requested+stop"  # saved at the signal's step boundary
-
-    reference, _ = _two_nodes_run(jobs)
-    assert _logged_losses(sub.run_dir) == _logged_losses(reference)
-    assert results[0]["losses"] == _logged_losses(reference)[resumed_at:]
-    _assert_same_params(_target(sub.run_dir, STEPS), _target(reference, STEPS))
-
-
-def test_two_node_job_through_the_cli_writes_a_complete_run(jobs):
-    run_dir, stdout = _two_nodes_run(jobs)
-    assert f"COMPLETED step {STEPS}/{STEPS}" in stdout and "ranks on n1,n2" in stdout
-    ranks = [json.loads((run_dir / "launch" / "ranks" / f"rank{r}.json").read_text())
-             for r in (0, 1)]
-    assert {r["hostname"] for r in ranks} == {"n1", "n2"}
-    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{STEPS:08d}"
-    assert len(_target(run_dir, STEPS)) > 0
-    launch = json.loads((run_dir / "launch" / "launch.json").read_text())
-    assert launch["git_revision"] and launch["sbatch"]["nodes"] == 2
-    with tarfile.open(run_dir / "launch" / "code.tar.gz") as tar:
-        names = tar.getnames()
-    assert "ijepa_ds/launch/job.py" in names and "ds_configs/zero1.json" in names
-    assert (run_dir / "config.yaml").is_file()
-
-
-def test_one_node_two_tasks_matches_the_two_node_run(jobs):
-    results = job_results(jobs.one_node.job, jobs.one_node.run_dir, timeout_s=JOB_TIMEOUT_S)
-    assert [r["rank"] for r in results] == [0, 1]
-    assert results[0]["hostname"] == results[1]["hostname"]
-    assert results[0]["final_step"] == STEPS and results[0]["restart"] == 0
-    # The code ran from the submission's snapshot, not from the checkout.
-    assert Path(results[0]["code_dir"]).parent.parent == jobs.out / "slurm" / "code"
-    reference, _ = _two_nodes_run(jobs)
-    _assert_same_params(_target(jobs.one_node.run_dir, STEPS), _target(reference, STEPS))
 
 
 def test_cancelled_job_is_reported_as_failed(jobs):
@@ -172,16 +164,67 @@ def test_cancelled_job_is_reported_as_failed(jobs):
     assert str(sub.run_dir) in str(err.value) and str(sub.job.paths.stderr) in str(err.value)
 
 
+def test_preempted_job_resumes_from_its_step_checkpoint_exactly(jobs):
+    sub = jobs.preempted
+    results = job_results(sub.job, sub.run_dir, timeout_s=JOB_TIMEOUT_S)
+    assert jobs.interrupted.is_set()
+    resumed_at = results[0]["start_step"]
+    assert 2 <= resumed_at < STEPS
+    assert [(r["restart"], r["final_step"]) for r in results] == [(1, STEPS), (1, STEPS)]
+    marker = json.loads(
+        (sub.run_dir / "checkpoints" / f"step_{resumed_at:08d}" / "COMPLETE").read_text()
+    )
+    assert marker["reason"] == "requested+stop"  # saved at the signal's step boundary
+
+    reference, _ = _two_nodes_run(jobs)
+    assert _logged_losses(sub.run_dir) == _logged_losses(reference)
+    assert results[0]["losses"] == _logged_losses(reference)[resumed_at:]
+    _assert_same_params(_target(sub.run_dir, STEPS), _target(reference, STEPS))
+
+
+def test_two_node_job_through_the_cli_writes_a_complete_run(jobs):
+    run_dir, stdout = _two_nodes_run(jobs)
+    assert f"COMPLETED step {STEPS}/{STEPS}" in stdout and "ranks on n1,n2" in stdout
+    ranks = [
+        json.loads((run_dir / "launch" / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)
+    ]
+    assert {r["hostname"] for r in ranks} == {"n1", "n2"}
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{STEPS:08d}"
+    assert len(_target(run_dir, STEPS)) > 0
+    launch = json.loads((run_dir / "launch" / "launch.json").read_text())
+    assert launch["git_revision"] and launch["sbatch"]["nodes"] == 2
+    with tarfile.open(run_dir / "launch" / "code.tar.gz") as tar:
+        names = tar.getnames()
+    assert "ijepa_ds/launch/job.py" in names and "ds_configs/zero1.json" in names
+    assert (run_dir / "config.yaml").is_file()
+
+
+def test_one_node_array_of_two_runs_matches_the_two_node_run(jobs):
+    reference, _ = _two_nodes_run(jobs)
+    array_id = jobs.one_node[0].job.job_id.split("_")[0]
+    masters = set()
+    for index, sub in enumerate(jobs.one_node):
+        results = job_results(sub.job, sub.run_dir, timeout_s=JOB_TIMEOUT_S)
+        assert sub.job.job_id == f"{array_id}_{index}"
+        assert sub.run_dir.name == f"one_node_{array_id}_{index}"
+        assert [r["rank"] for r in results] == [0, 1]
+        assert results[0]["hostname"] == results[1]["hostname"]
+        assert (results[0]["final_step"], results[0]["restart"]) == (STEPS, 0)
+        masters.add(results[0]["master"])
+        # The code ran from the submission's snapshot, not from the checkout.
+        assert Path(results[0]["code_dir"]).parent.parent == jobs.out / "slurm" / "code"
+        # Only the logging interval differs: same parameters as the 2-node x 1-task run.
+        _assert_same_params(_target(sub.run_dir, STEPS), _target(reference, STEPS))
+    assert len(masters) == 2  # each array task rendezvouses on its own port
+
+
 def test_job_hitting_its_time_limit_is_requeued_and_completes(jobs):
     sub = jobs.time_limit
     results = job_results(sub.job, sub.run_dir, timeout_s=JOB_TIMEOUT_S)
     assert results[0]["final_step"] == TIME_LIMIT_STEPS
     assert results[0]["restart"] >= 1
     assert len(_logged_losses(sub.run_dir)) == TIME_LIMIT_STEPS
-    sacct = subprocess.run(
-        ["sacct", "-j", sub.job.job_id, "--duplicates", "-X", "-n", "-P", "-o", "State"],
-        capture_output=True, text=True, check=True,
-    ).stdout.split()
-    assert sacct[-1] == "COMPLETED" and "REQUEUED" in sacct
+    states = _accounting_states(sub.job.job_id)
+    assert states[-1] == "COMPLETED" and "REQUEUED" in states
     attempts = (sub.run_dir / "launch" / "attempts.jsonl").read_text().splitlines()
     assert len(attempts) == results[0]["restart"] + 1
