@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ijepa_ds.cli.convert_cmd import configure_convert
+from ijepa_ds.cli.eval_cmd import configure_eval
 from ijepa_ds.cli.launch_cmd import configure_launch
 from ijepa_ds.cli.train_cmd import configure_train
 from ijepa_ds.config import (
@@ -108,6 +109,7 @@ COMMANDS: list[tuple[str, str, Configure]] = [
     ("train", "pretrain I-JEPA (one process, torchrun, deepspeed or srun)", configure_train),
     ("convert", "convert DeepSpeed, consolidated, reference, timm weights", configure_convert),
     ("launch", "start ranks locally or submit to SLURM", configure_launch),
+    ("eval", "linear probe, kNN, low-shot and PCA pictures of a target encoder", configure_eval),
 ]
 
 

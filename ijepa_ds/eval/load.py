@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ijepa_ds.checkpoint.layout import TARGET_FILE, is_complete, read_latest
-from ijepa_ds.config import Config, load_config
+from ijepa_ds.config import Config, ConfigError, load_config
 from ijepa_ds.models import VisionTransformer
 
 ACCEPTED = (
@@ -96,7 +96,14 @@ def run_config(source: Source) -> Config | None:
     """The run's resolved config when the checkpoint belongs to a run folder, else None."""
     if source.run_dir is None:
         return None
-    return load_config(str(source.run_dir / "config.yaml"))
+    path = source.run_dir / "config.yaml"
+    try:
+        return load_config(str(path))
+    except ConfigError as err:
+        raise SourceError(
+            f"{path}: the run's config does not load with this ijepa-ds version ({err}); "
+            "edit that key in the file to evaluate the run"
+        ) from err
 
 
 def _torch_load(path: Path) -> Any:

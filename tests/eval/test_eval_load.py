@@ -168,3 +168,11 @@ def test_head_count_conflicts_and_unreadable_files_are_errors(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="broken.pth.tar"):
         load_target_encoder(bad)
+
+
+def test_a_run_config_this_version_cannot_read_is_named(tmp_path):
+    run = write_run_folder(tmp_path / "run", {10: trained_like_encoder(0)}, latest=10)
+    with open(run / "config.yaml", "a") as f:
+        f.write("retired_section: 1\n")
+    with pytest.raises(SourceError, match=r"config.yaml: the run's config does not load.*retired"):
+        load_target_encoder(run)
