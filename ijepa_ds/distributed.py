@@ -17,15 +17,19 @@ independent copies.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 
 TORCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+TIMEOUT_VAR = "IJEPA_DS_DIST_TIMEOUT_MINUTES"
+DEFAULT_TIMEOUT_MINUTES = 10.0
 
 
 @dataclass(frozen=True)
@@ -149,8 +153,33 @@ def skip_shm_op_build() -> None:
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
-def init_distributed(dist_env: DistEnv, backend: str | None = None) -> None:
-    """Export the resolved variables and start DeepSpeed's process group (env:// rendezvous)."""
+def dist_timeout(env: Mapping[str, str] | None = None) -> timedelta:
+    """How long a collective may wait for a silent rank before it fails (finite, > 0).
+
+    ``IJEPA_DS_DIST_TIMEOUT_MINUTES`` (minutes, fractions allowed), 10 minutes by default. A
+    rank that dies is noticed by the launcher at once; this bounds the wait for one that hangs
+    (a stuck file system, a deadlocked data worker), so the job fails instead of idling.
+    """
+    env = os.environ if env is None else env
+    text = env.get(TIMEOUT_VAR, "")
+    if not text:
+        return timedelta(minutes=DEFAULT_TIMEOUT_MINUTES)
+    try:
+        minutes = float(text)
+    except ValueError:
+        raise ValueError(f"{TIMEOUT_VAR}={text!r} is not a number of minutes") from None
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise ValueError(f"{TIMEOUT_VAR}={text!r} must be a finite number of minutes > 0")
+    return timedelta(minutes=minutes)
+
+
+def init_distributed(
+    dist_env: DistEnv, backend: str | None = None, timeout: timedelta | None = None
+) -> None:
+    """Export the resolved variables and start DeepSpeed's process group (env:// rendezvous).
+
+    ``timeout`` bounds every collective (``dist_timeout()`` when None).
+    """
     os.environ.update(
         RANK=str(dist_env.rank),
         LOCAL_RANK=str(dist_env.local_rank),
@@ -166,4 +195,8 @@ def init_distributed(dist_env: DistEnv, backend: str | None = None) -> None:
         torch.cuda.set_device(dist_env.local_rank)
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    deepspeed.init_distributed(
+        dist_backend=backend,
+        auto_mpi_discovery=False,
+        timeout=timeout if timeout is not None else dist_timeout(),
+    )

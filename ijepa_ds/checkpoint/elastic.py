@@ -32,6 +32,13 @@ UNIVERSAL = "universal"
 
 
 def needs_universal(state, world_size: int, stage: int) -> bool:
+    """True when the checkpoint must go through the universal format to load here.
+
+    ZeRO 0 keeps one full copy of weights and optimizer (``mp_rank_00_model_states.pt``), which
+    loads on any number of ranks as it is.
+    """
+    if state.zero_stage == stage == 0:
+        return False
     return state.world_size != world_size or state.zero_stage != stage
 
 
@@ -65,9 +72,10 @@ def convert_to_universal(folder: Path) -> Path:
     log.info("converting %s to a universal checkpoint for elastic resume", folder)
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
+        log.error("ds_to_universal output:\n%s\n%s", done.stdout[-2000:], done.stderr[-4000:])
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(
-            f"ds_to_universal failed on {folder / ENGINE_TAG} (exit {done.returncode}):\n"
-            f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+            f"ds_to_universal failed on {folder / ENGINE_TAG} (exit {done.returncode}): {last}"
         )
     write_complete_marker(tmp, {"source": str(folder / ENGINE_TAG)})
     os.rename(tmp, final)
@@ -75,11 +83,24 @@ def convert_to_universal(folder: Path) -> Path:
 
 
 def prepare_universal(folder: Path, rank: int) -> Path:
-    """Rank 0 converts; everybody waits for it."""
+    """Rank 0 converts; everybody waits for it and learns whether it worked.
+
+    A failed conversion, or a universal file that is not plain data, raises the same
+    ``CheckpointError`` on every rank (rather than on rank 0 alone, with the others left waiting
+    in a barrier).
+    """
+    from ijepa_ds.checkpoint.verify import CheckpointError, check_universal_files
+
+    error = [None]
     if rank == 0:
-        convert_to_universal(folder)
-    if dist.is_initialized():
-        dist.barrier()
+        try:
+            check_universal_files(convert_to_universal(folder))
+        except (RuntimeError, OSError, ValueError) as err:
+            error = [f"cannot resume {folder} on another world size or ZeRO stage: {err}"]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(error, src=0)
+    if error[0] is not None:
+        raise CheckpointError(error[0])
     return folder / UNIVERSAL
 
 

@@ -9,6 +9,7 @@
         COMPLETE                           marker (JSON), written last inside the folder
     <run_dir>/checkpoints/.tmp-step_00000100/   a save in progress (never read)
     <run_dir>/checkpoints/latest           name of the newest complete folder, written last
+    <run_dir>/checkpoints/step_00000100.superseded-<ns>/   replaced by a resumed run (kept)
 
 A folder is written under a temporary name and published by ``os.rename`` after every rank
 finished, then ``latest`` is replaced: a crash at any point leaves the previous checkpoint as
@@ -21,12 +22,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import torch
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+BEST = "best"  # pointer to the checkpoint with the lowest held-out loss
 COMPLETE = "COMPLETE"
 ENGINE_TAG = "engine"
 TARGET_FILE = "target_encoder.pt"
@@ -61,6 +64,16 @@ def complete_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=step_of)
 
 
+def read_best(run_dir: str | Path) -> Path | None:
+    """The folder the ``best`` pointer names (lowest held-out loss), or None."""
+    pointer = checkpoints_dir(run_dir) / BEST
+    return checkpoints_dir(run_dir) / pointer.read_text().strip() if pointer.is_file() else None
+
+
+def write_best(run_dir: str | Path, folder: Path) -> None:
+    atomic_write_bytes(checkpoints_dir(run_dir) / BEST, (folder.name + "\n").encode())
+
+
 def read_latest(run_dir: str | Path) -> Path | None:
     """The folder our ``latest`` pointer names, or None when there is no pointer."""
     pointer = checkpoints_dir(run_dir) / LATEST
@@ -84,32 +97,49 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file, fsync and rename."""
     path = Path(path)
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves no stray file behind
+        raise
     _fsync_dir(path.parent)
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:
     path = Path(path)
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_complete_marker(folder: Path, info: dict) -> None:
     atomic_write_bytes(folder / COMPLETE, (json.dumps(info, sort_keys=True) + "\n").encode())
 
 
-def publish(tmp_folder: Path, final_folder: Path, run_dir: str | Path) -> None:
-    """Rename the finished temporary folder into place, then point ``latest`` at it."""
+def publish(tmp_folder: Path, final_folder: Path, run_dir: str | Path) -> Path | None:
+    """Rename the finished temporary folder into place, then point ``latest`` at it.
+
+    A folder of the same step from an earlier attempt exists when the run was resumed from
+    before it (``--resume-fallback`` past a damaged checkpoint, or an older ``--resume PATH``).
+    It is renamed aside to ``<name>.superseded-<ns>`` (no longer a checkpoint, never deleted);
+    returns that path, or None.
+    """
+    aside = None
     if final_folder.exists():
-        raise FileExistsError(f"checkpoint folder {final_folder} exists already; not overwriting")
+        aside = final_folder.with_name(f"{final_folder.name}.superseded-{time.time_ns()}")
+        os.rename(final_folder, aside)
     os.rename(tmp_folder, final_folder)
     _fsync_dir(final_folder.parent)
     atomic_write_bytes(checkpoints_dir(run_dir) / LATEST, (final_folder.name + "\n").encode())
+    return aside

@@ -52,6 +52,10 @@ class SavePolicy:
     def _on_signal(self, signum, frame) -> None:
         self.save_requested = True
 
+    def request_save(self) -> None:
+        """Save at the next step boundary and carry on (e.g. a new best held-out loss)."""
+        self.save_requested = True
+
     def request_stop(self) -> None:
         """Save at the next step boundary, then stop (preemption, time limit)."""
         self.save_requested = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from ijepa_ds.checkpoint.layout import (
     ENGINE_TAG,
@@ -15,41 +16,37 @@ from ijepa_ds.checkpoint.layout import (
     read_latest,
 )
 from ijepa_ds.checkpoint.state import TrainState, restore_rng
+from ijepa_ds.checkpoint.verify import (
+    CheckpointError,
+    check_same_model,
+    load_target_state_dict,
+    load_train_state,
+    safe_load,
+    verify_readable,
+)
 from ijepa_ds.observability import get_logger
 
+__all__ = ["CheckpointError", "agree_on_resume", "load_checkpoint", "resolve_resume", "safe_load"]
 log = get_logger(__name__)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint exists but cannot be used; the message names the file and the problem."""
-
-
-def safe_load(path: Path) -> dict:
-    """``torch.load(weights_only=True)`` with errors that name the file and what is wrong."""
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - re-raised with the file named
-        text = str(err)
-        if "Weights only load failed" in text or "Unsupported global" in text:
-            raise CheckpointError(
-                f"{path} needs arbitrary unpickling, which ijepa-ds refuses (it can run code); "
-                "only checkpoints of plain tensors and containers are loaded"
-            ) from err
-        raise CheckpointError(f"{path} cannot be read (truncated or corrupt?): {text}") from err
-
-
-def _candidates(run_dir: Path) -> list[Path]:
+def _candidates(run_dir: Path, fallback: bool) -> list[Path]:
     """Complete checkpoints, newest first, the ``latest`` pointer's folder leading."""
     folders = list(reversed(complete_checkpoints(run_dir)))
     latest = read_latest(run_dir)
     if latest is not None:
         if not is_complete(latest):
-            raise CheckpointError(
+            problem = (
                 f"{run_dir}/checkpoints/latest names {latest.name}, which is missing or has no "
                 "COMPLETE marker"
             )
+            if not fallback:
+                raise CheckpointError(
+                    f"{problem}; pass --resume-fallback to resume from the newest complete "
+                    "checkpoint instead"
+                )
+            log.warning("%s: falling back to the newest complete checkpoint", problem)
+            return folders
         folders = [latest] + [f for f in folders if f != latest]
     return folders
 
@@ -65,8 +62,9 @@ def resolve_resume(run_dir: str | Path, resume: str, fallback: bool = False) -> 
         folder = Path(resume)
         if not is_complete(folder):
             raise CheckpointError(f"--resume {folder}: not a complete checkpoint folder")
+        verify_readable(folder)
         return folder
-    candidates = _candidates(Path(run_dir))
+    candidates = _candidates(Path(run_dir), fallback)
     if not candidates:
         log.info("--resume auto: no complete checkpoint in %s, starting at step 0", run_dir)
         return None
@@ -84,20 +82,29 @@ def resolve_resume(run_dir: str | Path, resume: str, fallback: bool = False) -> 
     raise CheckpointError(f"no readable complete checkpoint in {run_dir}/checkpoints")
 
 
-def verify_readable(folder: Path) -> None:
-    """Cheap check that the small files load and that the engine shards are all there."""
-    safe_load(folder / STATE_FILE)
-    safe_load(folder / TARGET_FILE)
-    engine = folder / ENGINE_TAG
-    if not engine.is_dir() or not any(engine.iterdir()):
-        raise CheckpointError(f"{engine} is missing or empty")
+def agree_on_resume(
+    run_dir: str | Path, resume: str, fallback: bool, cfg, rank: int
+) -> Path | None:
+    """``resolve_resume`` on rank 0, its answer (a folder, None or the error) on every rank.
 
-
-def load_train_state(folder: Path) -> TrainState:
-    try:
-        return TrainState.from_state_dict(safe_load(folder / STATE_FILE))
-    except ValueError as err:
-        raise CheckpointError(f"{folder / STATE_FILE}: {err}") from err
+    One rank reads and checks the files, so ranks never disagree on the checkpoint (or on
+    falling back), and an unusable checkpoint stops every rank with the same message before
+    any rank waits on another. The checkpoint must hold the model ``cfg`` builds.
+    """
+    choice: list = [None, None]
+    if rank == 0:
+        try:
+            folder = resolve_resume(run_dir, resume, fallback)
+            if folder is not None:
+                check_same_model(folder, load_train_state(folder), cfg)
+            choice = [None if folder is None else str(folder), None]
+        except (ValueError, OSError) as err:
+            choice = [None, str(err)]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(choice, src=0)
+    if choice[1] is not None:
+        raise CheckpointError(choice[1])
+    return None if choice[0] is None else Path(choice[0])
 
 
 def load_target(trainer, state_dict: dict[str, torch.Tensor], source: Path) -> None:
@@ -127,8 +134,14 @@ def prepare_resume(folder: Path, dist_env, ds_config: dict) -> None:
     )
     from ijepa_ds.train.ds_config import zero_stage
 
-    state = load_train_state(folder)
-    if needs_universal(state, dist_env.world_size, zero_stage(ds_config)):
+    state, stage = load_train_state(folder), zero_stage(ds_config)
+    if needs_universal(state, dist_env.world_size, stage):
+        if state.zero_stage == 0:
+            raise CheckpointError(
+                f"{folder / ENGINE_TAG} was written at ZeRO 0, which DeepSpeed's universal "
+                f"conversion cannot read (no ZeRO optimizer shards), so it cannot be resumed at "
+                f"ZeRO {stage}: resume it with deepspeed.config=zero0 (any number of ranks)"
+            )
         prepare_universal(folder, dist_env.rank)
         enable_universal_load(ds_config)
 
@@ -152,8 +165,8 @@ def load_checkpoint(trainer, folder: Path) -> TrainState:
         )
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load {folder / ENGINE_TAG}")
-        restore_rng(state.rng[trainer.dist_env.rank])
-    target = safe_load(folder / TARGET_FILE)
-    load_target(trainer, target["state_dict"], folder / TARGET_FILE)
+        if state.world_size == trainer.dist_env.world_size:  # ZeRO 0 loads on any world size
+            restore_rng(state.rng[trainer.dist_env.rank])
+    load_target(trainer, load_target_state_dict(folder), folder / TARGET_FILE)
     log.info("resumed from %s at step %d (epoch %d)", folder, state.step, state.epoch)
     return state

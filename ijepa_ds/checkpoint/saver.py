@@ -1,9 +1,18 @@
-"""Collective checkpoint saves: every rank enters together, only a complete folder counts."""
+"""Collective checkpoint saves: every rank enters together, only a complete folder counts.
+
+A write that fails (disk full, read-only or vanished file system) is not raised where it
+happens: the rank keeps taking part in every collective of the save, the ranks then agree on
+the outcome, and every rank raises ``CheckpointSaveError`` with the failing rank, path and OS
+error. Raising on the spot would leave the other ranks waiting in a barrier for a rank that is
+gone. The temporary folder is removed and ``latest`` still names the previous checkpoint.
+"""
 
 from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -18,16 +27,99 @@ from ijepa_ds.checkpoint.layout import (
     checkpoints_dir,
     complete_checkpoints,
     publish,
+    read_best,
+    read_latest,
     step_folder_name,
     step_of,
     write_complete_marker,
 )
 from ijepa_ds.checkpoint.state import TrainState, capture_rng, versions
+from ijepa_ds.checkpoint.verify import model_arch
 from ijepa_ds.config import config_hash
 from ijepa_ds.observability import get_logger
 from ijepa_ds.train.ds_config import zero_stage
 
 log = get_logger(__name__)
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint save failed on some rank; nothing was published."""
+
+
+class WriteFailures:
+    """This rank's first failed write of a save, recorded instead of raised.
+
+    ``call`` runs a write; after a failure later writes are skipped (returning None), since the
+    save is lost anyway and each would only fail again.
+    """
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+
+    def call(self, path, write: Callable, *args):
+        if self.error is not None:
+            return None
+        try:
+            return write(*args)
+        except Exception as err:  # noqa: BLE001 - reported on every rank by agree_or_raise
+            self.error = describe_write_error(path, err)
+            return None
+
+
+def describe_write_error(path, err: BaseException) -> str:
+    """``<path>: <OS error>``, plus the free space left where it was being written."""
+    text = f"{path}: {type(err).__name__}: {err}"
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        text += f" ({shutil.disk_usage(folder).free} bytes free on that file system)"
+    except OSError:
+        pass
+    return text
+
+
+def agree_or_raise(failures: WriteFailures, step: int, run_dir, tmp: Path, rank: int) -> None:
+    """Collective: every rank learns whether any rank failed; if so all raise the same error."""
+    errors = [failures.error]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        errors = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, failures.error)
+    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+    if not failed:
+        return
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)  # frees the space the partial save took
+    try:
+        previous = read_latest(run_dir)
+    except (OSError, ValueError):
+        previous = None
+    kept = f"{previous} is still the latest checkpoint" if previous else "no checkpoint exists yet"
+    detail = "; ".join(f"rank {r}: {e}" for r, e in failed)
+    raise CheckpointSaveError(f"checkpoint save of step {step} failed on {detail}; {kept}")
+
+
+@contextmanager
+def guarded_engine_writes(engine, failures: WriteFailures) -> Iterator[None]:
+    """Route DeepSpeed's own file writes of ``engine.save_checkpoint`` through ``failures``.
+
+    DeepSpeed raises a failed write on the spot, between its internal barriers; recording it
+    instead keeps this rank in step with the others through DeepSpeed's collectives.
+    """
+    writer = engine.checkpoint_engine
+    save, makedirs = writer.save, writer.makedirs
+    copy_scripts = engine._copy_recovery_script
+    # Same parameter names as DeepSpeed's, which passes some of them by keyword.
+    writer.save = lambda state_dict, path: failures.call(path, save, state_dict, path)
+    writer.makedirs = lambda path, exist_ok=False: failures.call(path, makedirs, path, exist_ok)
+    engine._copy_recovery_script = lambda save_path: failures.call(
+        save_path, copy_scripts, save_path
+    )
+    try:
+        yield
+    finally:
+        writer.save, writer.makedirs = save, makedirs
+        engine._copy_recovery_script = copy_scripts
 
 
 def _barrier() -> None:
@@ -82,6 +174,7 @@ def build_train_state(trainer, step: int) -> TrainState:
         config_hash=config_hash(trainer.cfg),
         rng=_all_rng_states(),
         versions=versions(),
+        model=model_arch(trainer.cfg),
     )
 
 
@@ -89,47 +182,56 @@ def save_checkpoint(trainer, run_dir: str | Path, step: int, reason: str) -> Pat
     """Write ``<run_dir>/checkpoints/step_<step>`` with all ranks; returns the folder.
 
     Order: temporary folder -> DeepSpeed shards (all ranks) -> target + train state (rank 0)
-    -> barrier -> completion marker -> rename -> ``latest`` (rank 0) -> barrier.
+    -> agree -> completion marker -> rename -> ``latest`` (rank 0) -> agree. Each "agree" is
+    where a failed write on any rank becomes ``CheckpointSaveError`` on every rank.
     """
     started = time.perf_counter()
     rank = trainer.dist_env.rank
     root = checkpoints_dir(run_dir)
     name = step_folder_name(step)
     tmp, final = root / f"{TMP_PREFIX}{name}", root / name
+    failures = WriteFailures()
     if rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
+        failures.call(root, lambda: root.mkdir(parents=True, exist_ok=True))
         if tmp.exists():  # left by a save that died; it never counted
-            shutil.rmtree(tmp)
-    _barrier()
-    trainer.engine.save_checkpoint(
-        str(tmp), tag=ENGINE_TAG, client_state=universal_client_state(), save_latest=False
-    )
+            failures.call(tmp, shutil.rmtree, tmp)
+    agree_or_raise(failures, step, run_dir, tmp, rank)
+    with guarded_engine_writes(trainer.engine, failures):
+        trainer.engine.save_checkpoint(
+            str(tmp), tag=ENGINE_TAG, client_state=universal_client_state(), save_latest=False
+        )
     target = target_state_dict(trainer.target)
     state = build_train_state(trainer, step)
     if rank == 0:
-        atomic_torch_save({"state_dict": target}, tmp / TARGET_FILE)
-        atomic_torch_save(state.state_dict(), tmp / STATE_FILE)
-    _barrier()
+        target_file, state_file = tmp / TARGET_FILE, tmp / STATE_FILE
+        failures.call(target_file, atomic_torch_save, {"state_dict": target}, target_file)
+        failures.call(state_file, atomic_torch_save, state.state_dict(), state_file)
+    agree_or_raise(failures, step, run_dir, tmp, rank)
     if rank == 0:
-        write_complete_marker(tmp, {"step": step, "reason": reason, "time": time.time()})
-        publish(tmp, final, run_dir)
-    _barrier()
+        info = {"step": step, "reason": reason, "time": time.time()}
+        failures.call(tmp, write_complete_marker, tmp, info)
+        aside = failures.call(final, publish, tmp, final, run_dir)
+        if aside is not None:
+            log.warning("%s existed from an earlier attempt: renamed to %s", final, aside.name)
+    agree_or_raise(failures, step, run_dir, tmp, rank)
     log.info("saved %s (%s) in %.1f s", final, reason, time.perf_counter() - started)
     return final
 
 
 def prune_checkpoints(run_dir: str | Path, keep_last: int, milestone_every: int) -> list[Path]:
-    """Delete complete checkpoints beyond the newest ``keep_last``, keeping milestones.
+    """Delete complete checkpoints beyond the newest ``keep_last``, keeping milestones and the
+    ``best`` one.
 
     Call on rank 0 only, after a successful save. Returns the removed folders.
     """
     if keep_last <= 0:
         return []
     folders = complete_checkpoints(run_dir)
+    best = read_best(run_dir)
     removed = []
     for folder in folders[:-keep_last]:
         step = step_of(folder)
-        if milestone_every and step % milestone_every == 0:
+        if (milestone_every and step % milestone_every == 0) or folder == best:
             continue
         shutil.rmtree(folder)
         removed.append(folder)
@@ -150,6 +252,9 @@ class CheckpointHook:
             return False
         self.saved.append(save_checkpoint(self.trainer, self.run_dir, step, reason))
         if self.trainer.dist_env.rank == 0:
-            prune_checkpoints(self.run_dir, self.keep_last, self.milestone_every)
+            try:
+                prune_checkpoints(self.run_dir, self.keep_last, self.milestone_every)
+            except OSError as err:  # the new checkpoint is safe; an old one stays on disk
+                log.warning("could not prune old checkpoints: %s", err)
         _barrier()
         return stop

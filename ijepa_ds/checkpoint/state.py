@@ -88,14 +88,20 @@ class TrainState:
     config_hash: str
     rng: list[dict] = field(default_factory=list)
     versions: dict = field(default_factory=dict)
+    # {"encoder": {...}, "predictor": {...}} constructor numbers (interop.arch); {} in
+    # checkpoints written before it was recorded.
+    model: dict = field(default_factory=dict)
 
     def state_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_state_dict(cls, state: dict) -> TrainState:
-        known = {k: state[k] for k in cls.__dataclass_fields__ if k in state}
-        missing = set(cls.__dataclass_fields__) - set(known)
+        if not isinstance(state, dict):
+            raise ValueError(f"train state is a {type(state).__name__}, not a dict")
+        fields = cls.__dataclass_fields__
+        known = {k: state[k] for k in fields if k in state}
+        missing = set(fields) - set(known) - {"model"}
         if missing:
             raise ValueError(f"train state lacks {sorted(missing)}")
         return cls(**known)

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Subset
 
+from ijepa_ds.checkpoint.layout import step_of, write_best
 from ijepa_ds.data import build_dataset, build_eval_transform, build_train_loader
 from ijepa_ds.data.sampler import mix_seed
 from ijepa_ds.eval.features import extract_features
@@ -128,12 +129,29 @@ class PretrainEvaluator:
 
 
 class EvaluationHook:
-    """Training-loop hook: validation loss at epoch ends, health every N steps."""
+    """Training-loop hook: validation loss at epoch ends, health every N steps.
 
-    def __init__(self, evaluator: PretrainEvaluator, metrics, ipe: int):
-        self.evaluator, self.metrics, self.ipe = evaluator, metrics, ipe
+    A new lowest held-out loss asks ``policy`` for a checkpoint at this step; ``mark_best``
+    (a hook placed after the checkpoint hook) then points ``checkpoints/best`` at it.
+    """
+
+    def __init__(self, evaluator: PretrainEvaluator, metrics, ipe: int, policy=None):
+        self.evaluator, self.metrics, self.ipe, self.policy = evaluator, metrics, ipe, policy
         self.eval_cfg = evaluator.cfg.eval
         self.best: float | None = None
+        self.improved_at: int | None = None
+
+    def mark_best(self, saver, run_dir, rank: int):
+        """Hook: after ``saver`` saved an improved step, write the ``best`` pointer (rank 0)."""
+
+        def hook(step: int, info: dict, tensors) -> bool:
+            if self.improved_at == step and saver.saved and step_of(saver.saved[-1]) == step:
+                if rank == 0:
+                    write_best(run_dir, saver.saved[-1])
+                log.info("best held-out loss %.4f: %s", self.best, saver.saved[-1])
+            return False
+
+        return hook
 
     def __call__(self, step: int, info: dict, tensors) -> bool:
         scalars: dict[str, float] = {}
@@ -142,7 +160,10 @@ class EvaluationHook:
             loss = self.evaluator.validation_loss()
             if loss is not None:
                 scalars["val/loss"] = loss
-                self.best = loss if self.best is None else min(self.best, loss)
+                if self.best is None or loss < self.best:
+                    self.best, self.improved_at = loss, step
+                    if self.policy is not None:
+                        self.policy.request_save()
                 log.info("epoch %d | held-out JEPA loss %.4f (best %.4f)", step // self.ipe,
                          loss, self.best)  # fmt: skip
         health_every = self.eval_cfg.health_every_steps

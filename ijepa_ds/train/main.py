@@ -5,87 +5,25 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 import torch
 
 from ijepa_ds.checkpoint.policy import SavePolicy
-from ijepa_ds.checkpoint.resume import load_checkpoint, prepare_resume, resolve_resume
+from ijepa_ds.checkpoint.resume import agree_on_resume, load_checkpoint, prepare_resume
 from ijepa_ds.checkpoint.saver import CheckpointHook
 from ijepa_ds.cli.train_cmd import add_train_arguments
 from ijepa_ds.config import ConfigError, load_config, validate_config, validate_paths
-from ijepa_ds.distributed import detect_dist_env, init_distributed
-from ijepa_ds.masks import render_mask_grid
-from ijepa_ds.observability import MetricsWriter, ProgressMeter, get_logger, setup_logging
+from ijepa_ds.distributed import detect_dist_env, dist_timeout, init_distributed
+from ijepa_ds.observability import get_logger, setup_logging
 from ijepa_ds.observability.logging import rank_log_file
-from ijepa_ds.observability.stats import is_collapsed
 from ijepa_ds.train.ds_config import build_ds_config, zero_stage
-from ijepa_ds.train.loop import is_log_step, step_scalars, train_loop
+from ijepa_ds.train.evaluation import EvaluationHook, PretrainEvaluator
+from ijepa_ds.train.loop import train_loop
+from ijepa_ds.train.reporting import StepReporter
 from ijepa_ds.train.run_dir import agree_on_run_dir, write_run_files
 from ijepa_ds.train.trainer import build_trainer
 
 log = get_logger(__name__)
-
-
-class StepReporter:
-    """Turns each finished optimizer step into a progress line, scalars and images."""
-
-    def __init__(self, trainer, run_dir: Path, rank: int, resume_step: int | None = None):
-        cfg = trainer.cfg
-        self.cfg, self.rank = cfg, rank
-        self.progress = ProgressMeter(
-            trainer.total_steps, trainer.dist_env.world_size, trainer.global_batch_size
-        )
-        self.metrics = MetricsWriter(
-            run_dir,
-            rank,
-            tensorboard=cfg.logging.tensorboard,
-            jsonl=cfg.logging.jsonl,
-            resume_step=None if resume_step is None else resume_step + 1,
-        )
-        self.ipe = trainer.iterations_per_epoch
-        self.patch_size = cfg.model.patch_size
-
-    def __call__(self, step: int, info: dict, tensors) -> bool:
-        epoch = (step - 1) // self.ipe
-        self.progress.update(
-            step,
-            info["loss"],
-            info["lr"],
-            info["wd"],
-            info["momentum"],
-            epoch,
-            step_time=info["step_time"],
-            data_time=info["data_time"],
-        )
-        if is_log_step(step, self.cfg.logging.log_every, self.progress.total_steps):
-            self._log(step, epoch, info, tensors)
-        image_every = self.cfg.logging.image_every
-        if image_every and (step % image_every == 0 or step == 1) and self.metrics.enabled:
-            imgs, masks_enc, masks_pred, _ = tensors
-            grid = render_mask_grid(
-                imgs.float().cpu(),
-                [m.cpu() for m in masks_enc],
-                [m.cpu() for m in masks_pred],
-                self.patch_size,
-                mean=self.cfg.data.normalize_mean,
-                std=self.cfg.data.normalize_std,
-            )
-            self.metrics.log_image(step, "masks/overlay", grid)
-        return False
-
-    def _log(self, step: int, epoch: int, info: dict, tensors) -> None:
-        scalars = {k: v for k, v in info.items() if k not in ("step_time", "data_time")}
-        scalars.update(epoch=epoch, **self.progress.scalars())
-        scalars.update(step_scalars(info, *tensors))
-        if self.rank == 0:
-            log.info(self.progress.format_line())
-            if is_collapsed(scalars["health/target_feature_std"], 1e-4):
-                log.warning("target features look collapsed (std across the batch ~ 0)")
-        self.metrics.log_scalars(step, scalars)
-
-    def close(self) -> None:
-        self.metrics.close()
 
 
 def prepare(args: argparse.Namespace):
@@ -98,6 +36,7 @@ def prepare(args: argparse.Namespace):
         dist_env = detect_dist_env(cli_local_rank=args.local_rank)
         validate_config(cfg, world_size=dist_env.world_size)
         validate_paths(cfg)
+        dist_timeout()  # a malformed IJEPA_DS_DIST_TIMEOUT_MINUTES fails here, not later
         ds_config = build_ds_config(cfg, dist_env.world_size)
         if cfg.model.act_ckpt_cpu_offload and not torch.cuda.is_available():
             raise ConfigError(
@@ -113,15 +52,23 @@ def prepare(args: argparse.Namespace):
     return cfg, dist_env, ds_config
 
 
-def run_training(args: argparse.Namespace) -> dict:
-    """Validate everything that can be checked alone, then start the process group and train."""
+def run_training(args: argparse.Namespace, on_policy=None) -> dict:
+    """Validate everything that can be checked alone, then start the process group and train.
+
+    ``on_policy(policy)`` (optional) receives the run's ``SavePolicy`` before training starts,
+    so a launcher can turn its preemption signal into a collective save-and-stop.
+    """
     cfg, dist_env, ds_config = prepare(args)
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     init_distributed(dist_env)
     run_dir = agree_on_run_dir(cfg, dist_env.rank)
-    setup_logging(dist_env.rank, log_file=rank_log_file(run_dir, dist_env.rank))
-    resume_from = resolve_resume(run_dir, args.resume, args.resume_fallback)
+    setup_logging(
+        dist_env.rank,
+        level=os.environ.get("IJEPA_DS_LOG_LEVEL", "INFO"),
+        log_file=rank_log_file(run_dir, dist_env.rank),
+    )
+    resume_from = agree_on_resume(run_dir, args.resume, args.resume_fallback, cfg, dist_env.rank)
     if resume_from is not None:
         prepare_resume(resume_from, dist_env, ds_config)
     if dist_env.is_main_process:
@@ -149,9 +96,17 @@ def run_training(args: argparse.Namespace) -> dict:
     ckpt = cfg.checkpoint
     policy = SavePolicy(ckpt.every_steps, ckpt.every_minutes, ckpt.save_at_end, trainer.total_steps)
     policy.install_signal_handlers()
+    if on_policy is not None:
+        on_policy(policy)
     saver = CheckpointHook(trainer, run_dir, policy, ckpt.keep_last, ckpt.milestone_every)
+    hooks = [reporter, saver]
+    if cfg.eval.pretrain_val_every_epochs or cfg.eval.health_every_steps:
+        evaluation = EvaluationHook(
+            PretrainEvaluator(trainer), reporter.metrics, trainer.iterations_per_epoch, policy
+        )
+        hooks = [reporter, evaluation, saver, evaluation.mark_best(saver, run_dir, dist_env.rank)]
     try:
-        losses = train_loop(trainer, start_step=start_step, hooks=[reporter, saver])
+        losses = train_loop(trainer, start_step=start_step, hooks=hooks)
     finally:
         reporter.close()
     log.info("done: %d steps, final loss %.4f", len(losses), losses[-1] if losses else float("nan"))

@@ -53,6 +53,7 @@ def build_encoder_from_config(model_cfg, img_size: int) -> VisionTransformer:
         init_std=model_cfg.init_std,
         rescale_init=model_cfg.rescale_init,
         attn_impl=model_cfg.attn_impl,
+        mask_gather=model_cfg.mask_gather,
     )
     for name in ("embed_dim", "depth", "num_heads", "mlp_ratio"):
         value = getattr(model_cfg, name)
@@ -75,4 +76,5 @@ def build_predictor_from_config(
         init_std=model_cfg.init_std,
         rescale_init=model_cfg.rescale_init,
         attn_impl=model_cfg.attn_impl,
+        mask_gather=model_cfg.mask_gather,
     )
