@@ -13,7 +13,7 @@ from torch import nn
 from ijepa_ds.models.init import init_reference_weights, rescale_residual_init, trunc_normal_
 from ijepa_ds.models.layers import build_blocks
 from ijepa_ds.models.pos_embed import get_2d_sincos_pos_embed, to_grid
-from ijepa_ds.models.tokens import apply_masks, repeat_interleave_batch
+from ijepa_ds.models.tokens import apply_masks, check_mask_gather, repeat_interleave_batch
 from ijepa_ds.models.vit import VisionTransformer
 
 
@@ -32,6 +32,7 @@ class VisionTransformerPredictor(nn.Module):
         drop_rate, attn_drop_rate, drop_path_rate, norm_eps, init_std, rescale_init,
             attn_impl: as for VisionTransformer.
         grid_size: (grid_h, grid_w) patch grid, for non-square grids.
+        mask_gather: "index" or "copy", as for VisionTransformer.
     """
 
     def __init__(
@@ -51,12 +52,14 @@ class VisionTransformerPredictor(nn.Module):
         rescale_init: bool = False,
         attn_impl: str = "sdpa",
         grid_size: int | tuple[int, int] | None = None,
+        mask_gather: str = "index",
     ) -> None:
         super().__init__()
         self.grid_size = _resolve_grid(num_patches, grid_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.embed_dim = embed_dim
         self.predictor_embed_dim = predictor_embed_dim
+        self.mask_gather = check_mask_gather(mask_gather)
         self.predictor_embed = nn.Linear(embed_dim, predictor_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, predictor_embed_dim))
         self.predictor_pos_embed = nn.Parameter(
@@ -116,13 +119,13 @@ class VisionTransformerPredictor(nn.Module):
         batch = x.shape[0] // len(masks_x)
         pos_table = self.predictor_pos_embed.expand(batch, -1, -1)
 
-        x = self.predictor_embed(x) + apply_masks(pos_table, masks_x)
+        x = self.predictor_embed(x) + apply_masks(pos_table, masks_x, self.mask_gather)
         num_ctx = x.shape[1]
 
         # One group of mask tokens per (target block, context view): each block is predicted
         # separately by stacking the groups along the batch.
         target_pos = repeat_interleave_batch(
-            apply_masks(pos_table, masks), batch, repeat=len(masks_x)
+            apply_masks(pos_table, masks, self.mask_gather), batch, repeat=len(masks_x)
         )
         pred_tokens = self.mask_token + target_pos
         x = torch.cat([x.repeat(len(masks), 1, 1), pred_tokens], dim=1)

@@ -9,20 +9,35 @@ from collections.abc import Sequence
 
 import torch
 
+MASK_GATHERS = ("index", "copy")
 
-def apply_masks(x: torch.Tensor, masks: Sequence[torch.Tensor]) -> torch.Tensor:
+
+def check_mask_gather(mask_gather: str) -> str:
+    """Return mask_gather if it names a known gather mode, else raise ValueError."""
+    if mask_gather not in MASK_GATHERS:
+        raise ValueError(f"unknown mask_gather {mask_gather!r}; expected one of {MASK_GATHERS}")
+    return mask_gather
+
+
+def apply_masks(
+    x: torch.Tensor, masks: Sequence[torch.Tensor], mask_gather: str = "index"
+) -> torch.Tensor:
     """Gather the tokens each mask keeps and stack the results along the batch.
 
     Args:
         x: [B, N, D] tokens.
         masks: list of M LongTensors [B, K] of token indices in [0, N); every mask keeps the
             same number K of tokens (the mask collator guarantees it).
+        mask_gather: "index" gathers through a stride-0 expanded view of the mask; "copy"
+            first materialises the [B, K, D] int64 index with ``repeat`` as the reference
+            does (same result, kept as the baseline of ``bench/fast_paths.py``).
 
     Returns:
         [M * B, K, D], mask-major: rows m*B .. (m+1)*B - 1 are x gathered with masks[m].
     """
     if len(masks) == 0:
         raise ValueError("apply_masks needs at least one mask")
+    check_mask_gather(mask_gather)
     batch, _, dim = x.shape
     num_keep = masks[0].shape[-1]
     gathered = []
@@ -33,7 +48,10 @@ def apply_masks(x: torch.Tensor, masks: Sequence[torch.Tensor]) -> torch.Tensor:
                 f"masks[{i}] has shape {tuple(m.shape)}; expected [{batch}, {num_keep}] "
                 f"(batch of x, and the same K for every mask)"
             )
-        index = m.unsqueeze(-1).expand(batch, num_keep, dim)
+        if mask_gather == "index":
+            index = m.unsqueeze(-1).expand(batch, num_keep, dim)
+        else:
+            index = m.unsqueeze(-1).repeat(1, 1, dim)
         gathered.append(torch.gather(x, dim=1, index=index))
     return torch.cat(gathered, dim=0)
 

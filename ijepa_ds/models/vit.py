@@ -18,7 +18,7 @@ from ijepa_ds.models.pos_embed import (
     pos_embed_for_grid,
     to_grid,
 )
-from ijepa_ds.models.tokens import apply_masks
+from ijepa_ds.models.tokens import apply_masks, check_mask_gather
 
 # Architecture numbers of the paper's encoders (embed_dim / depth / num_heads, mlp_ratio).
 ENCODER_PRESETS: dict[str, dict[str, Any]] = {
@@ -49,6 +49,8 @@ class VisionTransformer(nn.Module):
         attn_impl: "sdpa" (torch scaled_dot_product_attention) or "eager" (explicit softmax).
         pos_interp: how an input whose grid differs from img_size gets positions: "sincos"
             regenerates the fixed table for that grid, "bicubic" resizes the stored table.
+        mask_gather: "index" (expanded-view gather) or "copy" (the reference's repeated
+            index), see apply_masks.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class VisionTransformer(nn.Module):
         rescale_init: bool = False,
         attn_impl: str = "sdpa",
         pos_interp: str = "sincos",
+        mask_gather: str = "index",
     ) -> None:
         super().__init__()
         img_h, img_w = to_grid(img_size)
@@ -86,6 +89,7 @@ class VisionTransformer(nn.Module):
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.pos_interp = pos_interp
+        self.mask_gather = check_mask_gather(mask_gather)
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         # A frozen Parameter, not a buffer: the reference optimizer groups (1-D / bias params)
         # and its checkpoints both see it.
@@ -134,7 +138,8 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(x)
         x = x + pos_embed_for_grid(self.pos_embed, self.grid_size, grid, self.pos_interp)
         if masks is not None:
-            x = apply_masks(x, [masks] if isinstance(masks, torch.Tensor) else masks)
+            masks = [masks] if isinstance(masks, torch.Tensor) else masks
+            x = apply_masks(x, masks, self.mask_gather)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
