@@ -63,6 +63,7 @@ OVERRIDES = [
     "optim.precision=fp32",
     "logging.tensorboard=false",
     "logging.jsonl=false",
+    "eval.pretrain_val_every_epochs=0",
 ]
 
 

@@ -40,7 +40,8 @@ def test_training_run_logs_checks_and_keeps_the_best_checkpoint(tmp_path):
     overrides = [o for o in OVERRIDES if "max_steps" not in o and "jsonl" not in o]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "ijepa_ds", "train", "--config", "fmnist_tiny", *overrides,
-           "schedule.max_steps=8", "eval.batch_size=8", "eval.pretrain_val_samples=32",
+           "schedule.max_steps=8", "eval.pretrain_val_every_epochs=1", "eval.batch_size=8",
+           "eval.pretrain_val_samples=32",
            "eval.health_every_steps=4", "eval.health_train_samples=64",
            "eval.health_val_samples=32", "eval.knn_k=5", "checkpoint.keep_last=1",
            f"logging.output_dir={tmp_path}", "logging.run_name=checks"]  # fmt: skip
