@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ijepa_ds.config import gradient_accumulation_steps
 from ijepa_ds.perf.flops import StepFlops, StepShape, shape_from_config, step_flops
 from ijepa_ds.perf.memory import (
     GIB,
@@ -141,7 +142,6 @@ def plan(
     ``headroom`` is the fraction of the GPU kept free for what the model leaves out (CUDA
     context, NCCL buffers, allocator fragmentation).
     """
-    from ijepa_ds.train.ds_config import accumulation_steps
 
     eng, act = _settings(cfg, world_size)
     global_batch = cfg.data.global_batch_size or cfg.data.batch_size * world_size
@@ -154,7 +154,9 @@ def plan(
         act=act,
         estimate=estimate_memory(shape, eng, act, m.qkv_bias),
         flops=step_flops(shape, m.act_ckpt_encoder, m.act_ckpt_predictor),
-        accumulation=accumulation_steps(cfg.data.global_batch_size, act.batch, world_size),
+        accumulation=gradient_accumulation_steps(
+            dataclasses.replace(cfg.data, batch_size=act.batch), world_size
+        ),
         gpu_mem_gib=gpu_mem_gib,
         headroom=headroom,
         ds_estimate=deepspeed_estimate(param_counts(shape, m.qkv_bias), eng),

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ijepa_ds.config import gradient_accumulation_steps
+
 DS_CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "ds_configs"
 
 
@@ -38,18 +40,6 @@ def load_ds_json(name_or_path: str) -> dict[str, Any]:
         raise ValueError(f"deepspeed.config file {path} is not valid JSON: {err}") from None
 
 
-def accumulation_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
-    """Gradient accumulation so that ``micro * world * accum == global`` (0 = no accumulation)."""
-    if global_batch == 0:
-        return 1
-    if global_batch % (micro_batch * world_size):
-        raise ValueError(
-            f"data.global_batch_size={global_batch} is not divisible by data.batch_size="
-            f"{micro_batch} x world size {world_size}"
-        )
-    return global_batch // (micro_batch * world_size)
-
-
 def _fill(ds: dict, dotted: str, value: Any, ours: str) -> None:
     """Set ``ds[dotted] = value`` unless the JSON already holds a different value."""
     *parents, leaf = dotted.split(".")
@@ -69,7 +59,7 @@ def build_ds_config(cfg, world_size: int) -> dict[str, Any]:
     ranks."""
     ds = copy.deepcopy(load_ds_json(cfg.deepspeed.config))
     micro = cfg.data.batch_size
-    accum = accumulation_steps(cfg.data.global_batch_size, micro, world_size)
+    accum = gradient_accumulation_steps(cfg.data, world_size)
     _fill(ds, "train_micro_batch_size_per_gpu", micro, "data.batch_size")
     _fill(ds, "gradient_accumulation_steps", accum, "data.global_batch_size")
     _fill(ds, "train_batch_size", micro * accum * world_size, "data.global_batch_size")

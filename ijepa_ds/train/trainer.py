@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 
+from ijepa_ds.config import gradient_accumulation_steps
 from ijepa_ds.data import build_dataset, build_train_loader, build_train_transform
 from ijepa_ds.distributed import DistEnv
 from ijepa_ds.masks import MaskCollator, build_mask_sampler
 from ijepa_ds.schedules import Schedule
-from ijepa_ds.train.ds_config import accumulation_steps
 from ijepa_ds.train.engine import build_engine
 from ijepa_ds.train.student import (
     IJEPAStudent,
@@ -129,7 +129,7 @@ def build_trainer(cfg, dist_env: DistEnv, ds_config: dict) -> Trainer:
         mask_sampler=build_mask_sampler_from_config(cfg, gbs),
         schedule=build_schedule(cfg, ipe),
         global_batch_size=gbs,
-        accumulation=accumulation_steps(cfg.data.global_batch_size, cfg.data.batch_size, world),
+        accumulation=gradient_accumulation_steps(cfg.data, world),
         iterations_per_epoch=ipe,
         total_steps=total,
         device=engine.device if hasattr(engine, "device") else torch.device("cpu"),

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ijepa_ds.config import load_config
-from ijepa_ds.train.ds_config import DS_CONFIG_DIR, accumulation_steps, build_ds_config
+from ijepa_ds.train.ds_config import DS_CONFIG_DIR, build_ds_config
 
 
 def _cfg(*overrides):
@@ -60,13 +60,6 @@ def test_unknown_file_and_bad_json(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         build_ds_config(_cfg(f"deepspeed.config={bad}"), 2)
-
-
-def test_accumulation():
-    assert accumulation_steps(0, 64, 4) == 1
-    assert accumulation_steps(2048, 128, 4) == 4
-    with pytest.raises(ValueError, match="data.global_batch_size=100"):
-        accumulation_steps(100, 64, 2)
 
 
 def test_shipped_files_hold_engine_knobs_only():
