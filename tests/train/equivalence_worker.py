@@ -64,6 +64,7 @@ OVERRIDES = [
     "logging.tensorboard=false",
     "logging.jsonl=false",
     "eval.pretrain_val_every_epochs=0",
+    "eval.health_every_steps=0",
 ]
 
 
