@@ -74,8 +74,8 @@ def describe_write_error(path, err: BaseException) -> str:
         folder = folder.parent
     try:
         text += f" ({shutil.disk_usage(folder).free} bytes free on that file system)"
-    except OSError:
-        pass
+    except OSError as usage_err:  # the message about the failed write matters more
+        text += f" (free space unknown: {usage_err})"
     return text
 
 
