@@ -4,7 +4,9 @@ Run from the repository root (one process, one thread)::
 
     OMP_NUM_THREADS=1 python bench/data_pipeline.py --out bench/results/data_pipeline.md
 
-Per configuration, on one core (``data.num_workers=0``, i.e. what one DataLoader worker does):
+Per configuration, on one core (``data.num_workers=0``, i.e. what one DataLoader worker does),
+timed in this process's CPU time (one thread), which other jobs on a shared machine disturb
+far less than wall time:
 - dataset: ``__getitem__`` of the trainer's own dataset and reference transforms (JPEG decode
   for the image folder, RandomResizedCrop, normalisation);
 - collator: ``MaskCollator`` (multi-block masks of the whole step + stacking);
@@ -70,20 +72,23 @@ def time_data(cfg, batches: int) -> dict[str, float]:
     gbs = cfg.data.global_batch_size or cfg.data.batch_size
     collator = MaskCollator(build_mask_sampler_from_config(cfg, gbs))
     micro = cfg.data.batch_size
-    start = time.perf_counter()
-    samples = [(*dataset[i], i) for i in range(micro)]
-    item_s = (time.perf_counter() - start) / micro
-    start = time.perf_counter()
+    samples = [(*dataset[i], i) for i in range(micro)]  # also warms up file and decoder state
+    count = min(len(dataset) - micro, batches * micro)
+    start = time.process_time()
+    for i in range(micro, micro + count):
+        dataset[i]
+    item_s = (time.process_time() - start) / count
+    start = time.process_time()
     for _ in range(batches):
         collator(samples)
-    collate_s = (time.perf_counter() - start) / batches / micro
+    collate_s = (time.process_time() - start) / batches / micro
     loader = build_train_loader(
         dataset, collator, gbs, micro, 0, 1, cfg.seed, max_steps=batches, num_workers=0,
         pin_memory=False,
     )  # fmt: skip
-    start = time.perf_counter()
+    start = time.process_time()
     count = sum(batch[0].shape[0] for batch in loader)
-    loader_s = (time.perf_counter() - start) / count
+    loader_s = (time.process_time() - start) / count
     return {"item": item_s, "collate": collate_s, "loader": loader_s, "batch": next(iter(loader))}
 
 
@@ -96,7 +101,7 @@ def time_model(cfg, batch, repeats: int) -> float:
     imgs, _, _, masks_enc, masks_pred = batch
     times = []
     for _ in range(repeats + 1):
-        start = time.perf_counter()
+        start = time.process_time()
         with torch.no_grad():
             targets = make_targets(target(imgs), masks_pred, len(masks_enc))
         loss = jepa_loss(student(imgs, masks_enc, masks_pred), targets)
@@ -104,7 +109,7 @@ def time_model(cfg, batch, repeats: int) -> float:
         loss.backward()
         opt.step()
         target.ema_update(0.996)
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return common.median(times[1:]) / imgs.shape[0]
 
 

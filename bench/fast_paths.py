@@ -136,6 +136,7 @@ def run_compile_study(args) -> str:
     K_pred change every step in training, which makes torch.compile recompile), then
     ``--repeats`` interleaved rounds at the first shapes.
     """
+    start = common.machine_info()
     from ijepa_ds.masks import build_mask_sampler
     from ijepa_ds.train.trainer import build_student
 
@@ -174,13 +175,14 @@ def run_compile_study(args) -> str:
         f"{common.median(eager):.3f} s, compiled {common.median(comp):.3f} s, speed-up "
         f"{ratio[0]:.3f} ({ratio[1]:.3f}-{ratio[2]:.3f}).",
     ]
-    header = common.machine_header(common.machine_info(), common.load_average())
+    header = common.machine_header(start, common.load_average())
     return header + "\n" + "\n".join(lines) + "\n"
 
 
 def run_ema_study(args) -> str:
     """The EMA update: fused ``torch._foreach_*`` (TargetEncoder.ema_update) vs a per-tensor
     loop, on the ViT-S/16 encoder, interleaved, CPU time."""
+    start = common.machine_info()
     from ijepa_ds.train.target import TargetEncoder
     from ijepa_ds.train.trainer import build_student
 
@@ -201,8 +203,9 @@ def run_ema_study(args) -> str:
     fused, plain = ([c for _, c in times[k]] for k in ("foreach", "loop"))
     ratio = common.ratio_spread(plain, fused)
     numel = sum(t.numel() for t, _ in pairs)
-    return (
-        f"EMA of {numel / 1e6:.1f} M parameters ({len(pairs)} tensors), {args.repeats * 5} "
+    header = common.machine_header(start, common.load_average())
+    return header + (
+        f"\nEMA of {numel / 1e6:.1f} M parameters ({len(pairs)} tensors), {args.repeats * 5} "
         f"interleaved rounds, CPU time: foreach {1e3 * common.median(fused):.1f} ms, per-tensor "
         f"loop {1e3 * common.median(plain):.1f} ms, speed-up {ratio[0]:.2f} "
         f"({ratio[1]:.2f}-{ratio[2]:.2f}).\n"

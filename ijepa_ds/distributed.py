@@ -200,3 +200,23 @@ def init_distributed(
         auto_mpi_discovery=False,
         timeout=timeout if timeout is not None else dist_timeout(),
     )
+
+
+def all_reduce_cpu(tensor: torch.Tensor, op=None) -> torch.Tensor:
+    """All-reduce a small CPU tensor in place and return it, whatever the backend.
+
+    gloo reduces CPU tensors; NCCL only CUDA ones, so under NCCL the values make a round trip
+    through the current GPU. A no-op without a multi-rank process group.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return tensor
+    kwargs = {} if op is None else {"op": op}
+    if dist.get_backend() == "nccl":
+        on_gpu = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_gpu, **kwargs)
+        tensor.copy_(on_gpu.cpu())
+    else:
+        dist.all_reduce(tensor, **kwargs)
+    return tensor

@@ -13,6 +13,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from ijepa_ds.distributed import all_reduce_cpu
+
 SAVE_SIGNALS = (signal.SIGUSR1,)
 
 
@@ -74,8 +76,7 @@ class SavePolicy:
                 float(self.save_at_end and step >= self.total_steps),
             ]
         )
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(local, op=dist.ReduceOp.MAX)
+        all_reduce_cpu(local, op=dist.ReduceOp.MAX)
         names = ("every_steps", "every_minutes", "requested", "stop", "end")
         reasons = [name for name, flag in zip(names, local.tolist()) if flag]
         stop = bool(local[3])

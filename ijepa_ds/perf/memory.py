@@ -130,8 +130,9 @@ class EngineSettings:
             zero_stage=int(zero.get("stage", 0)),
             world_size=world_size,
             precision="bf16" if ds.get("bf16", {}).get("enabled") else "fp32",
-            offload_optimizer=zero.get("offload_optimizer", {}).get("device", "none") == "cpu",
-            offload_param=zero.get("offload_param", {}).get("device", "none") == "cpu",
+            # "cpu" or "nvme": either way off the GPU
+            offload_optimizer=zero.get("offload_optimizer", {}).get("device", "none") != "none",
+            offload_param=zero.get("offload_param", {}).get("device", "none") != "none",
             reduce_bucket_size=int(zero.get("reduce_bucket_size", DS_REDUCE_BUCKET_SIZE)),
             contiguous_gradients=bool(zero.get("contiguous_gradients", True)),
             prefetch_bucket_size=int(

@@ -107,13 +107,14 @@ def _replace(cfg, **sections: dict):
 
 
 CKPT = {"act_ckpt_encoder": 1, "act_ckpt_predictor": 1}
+CKPT_ARGS = "model.act_ckpt_encoder=1 model.act_ckpt_predictor=1"
 ZERO3 = {"config": "zero3", "zero_stage": -1}
 REMEDIES = (
-    ("model.act_ckpt_encoder=1 model.act_ckpt_predictor=1", {"model": CKPT}),
+    (CKPT_ARGS, {"model": CKPT}),
     ("deepspeed.config=zero3", {"deepspeed": ZERO3}),
-    ("deepspeed.config=zero3 + act ckpt 1/1", {"deepspeed": ZERO3, "model": CKPT}),
+    (f"deepspeed.config=zero3 {CKPT_ARGS}", {"deepspeed": ZERO3, "model": CKPT}),
     (
-        "deepspeed.config=zero3 deepspeed.offload_optimizer=true + act ckpt 1/1",
+        f"deepspeed.config=zero3 deepspeed.offload_optimizer=true {CKPT_ARGS}",
         {"deepspeed": {**ZERO3, "offload_optimizer": True}, "model": CKPT},
     ),
 )

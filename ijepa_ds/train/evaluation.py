@@ -12,12 +12,12 @@ rank on an equal share, so subset sizes are rounded down to a multiple of ranks 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import Dataset, Subset
 
 from ijepa_ds.checkpoint.layout import step_of, write_best
 from ijepa_ds.data import build_dataset, build_eval_transform, build_train_loader
 from ijepa_ds.data.sampler import mix_seed
+from ijepa_ds.distributed import all_reduce_cpu
 from ijepa_ds.eval.features import extract_features
 from ijepa_ds.eval.knn import knn_classify
 from ijepa_ds.masks import MaskCollator
@@ -99,8 +99,7 @@ class PretrainEvaluator:
                 batches += 1
         finally:
             engine.train()
-        if dist.is_initialized() and self.world > 1:
-            dist.all_reduce(total)
+        all_reduce_cpu(total)
         return (total[0] / total[1]).item()
 
     @torch.no_grad()

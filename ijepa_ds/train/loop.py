@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 
+from ijepa_ds.distributed import all_reduce_cpu
 from ijepa_ds.observability import get_logger
 from ijepa_ds.observability.nonfinite import NonFiniteLossError
 from ijepa_ds.observability.stats import feature_std, memory_stats
@@ -36,18 +36,13 @@ class StepStats:
 
 
 def _global_sum(value: torch.Tensor, world_size: int) -> float:
-    value = value.detach().float().clone()
-    if world_size > 1:
-        dist.all_reduce(value)
-    return value.item()
+    return all_reduce_cpu(value.detach().float().cpu().clone()).item()
 
 
 def _any_rank_nonfinite(loss: torch.Tensor) -> bool:
     """True on every rank when any rank's loss is not finite (one tiny all-reduce)."""
-    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(bad)
-    return bad.item() > 0
+    bad = (~torch.isfinite(loss.detach())).float().reshape(1).cpu()
+    return all_reduce_cpu(bad).item() > 0
 
 
 def _worst(loss: torch.Tensor) -> float:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
+from ijepa_ds.distributed import all_reduce_cpu
 from ijepa_ds.masks import render_mask_grid
 from ijepa_ds.observability import MetricsWriter, ProgressMeter, get_logger
 from ijepa_ds.observability.stats import is_collapsed
@@ -87,8 +87,7 @@ class StepReporter:
         stats = self.load_stats()
         keys = sorted(stats)
         totals = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64)
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(totals)
+        all_reduce_cpu(totals)
         now = {k: int(v) for k, v in zip(keys, totals.tolist())}
         new = {k: now[k] - self.reported_stats.get(k, 0) for k in keys}
         self.reported_stats = now
