@@ -35,7 +35,8 @@ class StepStats:
     started: float = field(default_factory=time.perf_counter)
 
 
-def _global_sum(value: torch.Tensor, world_size: int) -> float:
+def _global_sum(value: torch.Tensor) -> float:
+    """Sum of a small tensor over all ranks, as a Python float."""
     return all_reduce_cpu(value.detach().float().cpu().clone()).item()
 
 
@@ -131,8 +132,8 @@ def train_loop(trainer: Trainer, start_step: int, hooks=()) -> list[float]:
             if engine.was_step_applied():
                 target.ema_update(momentum)
             step, micro = step + 1, 0
-            kept = _global_sum(torch.tensor([accum - stats.dropped], dtype=torch.float32), world)
-            step_loss = _global_sum(stats.loss, world) / kept if kept else float("nan")
+            kept = _global_sum(torch.tensor([accum - stats.dropped], dtype=torch.float32))
+            step_loss = _global_sum(stats.loss) / kept if kept else float("nan")
             losses.append(step_loss)
             info = dict(loss=step_loss, lr=lr, wd=wd, momentum=momentum)
             info["dropped_micro_batches"] = world * accum - kept
