@@ -9,8 +9,11 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["ijepa_ds", "ijepa_ds.*"]),
-    package_data={"ijepa_ds.config.presets": ["*.yaml"]},
+    # ds_configs/ stays at the repository root (the one copy to edit); wheels and sdists carry
+    # it as ijepa_ds/ds_configs/, where ijepa_ds.train.ds_config looks outside a checkout.
+    packages=[*find_packages(include=["ijepa_ds", "ijepa_ds.*"]), "ijepa_ds.ds_configs"],
+    package_dir={"ijepa_ds.ds_configs": "ds_configs"},
+    package_data={"ijepa_ds.config.presets": ["*.yaml"], "ijepa_ds.ds_configs": ["*.json"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.4",
@@ -25,7 +28,8 @@ setup(
         "pillow",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis", "timm"],
+        # wheel: tests/test_packaging.py builds a wheel (setuptools < 70.1 lacks bdist_wheel).
+        "test": ["pytest>=8", "hypothesis", "timm", "wheel"],
         "dev": ["pytest>=8", "hypothesis", "timm", "ruff"],
     },
     entry_points={"console_scripts": ["ijepa-ds=ijepa_ds.cli.main:main"]},

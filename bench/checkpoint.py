@@ -25,14 +25,30 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 OVERRIDES = [
-    "data.dataset=synthetic", "data.synthetic_size=64", "data.crop_size=64",
-    "data.normalize_mean=[0.5,0.5,0.5]", "data.normalize_std=[0.25,0.25,0.25]",
-    "data.batch_size=4", "data.global_batch_size=8", "data.num_workers=0",
-    "data.pin_memory=false", "data.persistent_workers=false", "model.name=vit_small",
-    "model.patch_size=16", "model.in_chans=3", "model.embed_dim=384", "model.depth=12",
-    "model.num_heads=6", "model.pred_depth=6", "model.pred_emb_dim=384", "model.pred_num_heads=6",
-    "mask.min_keep=1", "schedule.max_steps=1", "logging.tensorboard=false",
-    "logging.jsonl=false", "checkpoint.save_at_end=false",
+    "data.dataset=synthetic",
+    "data.synthetic_size=64",
+    "data.crop_size=64",
+    "data.normalize_mean=[0.5,0.5,0.5]",
+    "data.normalize_std=[0.25,0.25,0.25]",
+    "data.batch_size=4",
+    "data.global_batch_size=8",
+    "data.num_workers=0",
+    "data.pin_memory=false",
+    "data.persistent_workers=false",
+    "model.name=vit_small",
+    "model.patch_size=16",
+    "model.in_chans=3",
+    "model.embed_dim=384",
+    "model.depth=12",
+    "model.num_heads=6",
+    "model.pred_depth=6",
+    "model.pred_emb_dim=384",
+    "model.pred_num_heads=6",
+    "mask.min_keep=1",
+    "schedule.max_steps=1",
+    "logging.tensorboard=false",
+    "logging.jsonl=false",
+    "checkpoint.save_at_end=false",
 ]
 
 
@@ -133,26 +149,29 @@ def main() -> None:
             )
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
                 if ln.startswith("model name")), platform.processor())  # fmt: skip
-    text = "\n".join([
-        "# Checkpoint save/load: ijepa-ds vs a plain torch.save of the same tensors",
-        "",
-        f"Command: `python -m bench.checkpoint --stages {' '.join(map(str, args.stages))} "
-        f"--repeats {args.repeats}`",
-        "",
-        f"Machine: {cpu}, {os.cpu_count()} cores, 2 ranks (gloo, CPU); load average "
-        f"{os.getloadavg()[0]:.2f} at the end. Model: ViT-S/16 encoder (21.7M params) + "
-        "6-block 384-wide predictor + fp32 target; medians of the repeats.",
-        "",
-        "Our save writes DeepSpeed shards from every rank, the gathered fp32 target, the train "
-        "state (RNG of every rank), then publishes atomically (fsync + rename + `latest`). The "
-        "plain file holds the same volume from rank 0: the student's fp32 weights, two "
-        "moment-sized tensors per trainable weight and the target.",
-        "",
-        "| stage | save s | load s | checkpoint MiB | torch.save s | torch.load s | plain MiB |",
-        "|---|---|---|---|---|---|---|",
-        *lines,
-        "",
-    ])
+    text = "\n".join(
+        [
+            "# Checkpoint save/load: ijepa-ds vs a plain torch.save of the same tensors",
+            "",
+            f"Command: `python -m bench.checkpoint --stages {' '.join(map(str, args.stages))} "
+            f"--repeats {args.repeats}`",
+            "",
+            f"Machine: {cpu}, {os.cpu_count()} cores, 2 ranks (gloo, CPU); load average "
+            f"{os.getloadavg()[0]:.2f} at the end. Model: ViT-S/16 encoder (21.7M params) + "
+            "6-block 384-wide predictor + fp32 target; medians of the repeats.",
+            "",
+            "Our save writes DeepSpeed shards from every rank, the gathered fp32 target, the train "
+            "state (RNG of every rank), then publishes atomically (fsync + rename + `latest`). The "
+            "plain file holds the same volume from rank 0: the student's fp32 weights, two "
+            "moment-sized tensors per trainable weight and the target.",
+            "",
+            "| stage | save s | load s | checkpoint MiB | torch.save s | torch.load s "
+            "| plain MiB |",
+            "|---|---|---|---|---|---|---|",
+            *lines,
+            "",
+        ]
+    )
     Path(args.out).write_text(text)
     print(text)
 

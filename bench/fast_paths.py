@@ -12,9 +12,12 @@ feeds the SAME batch (images and masks) to every variant, one after the other (i
 so the machine's load and the token counts are shared; the reported ratio is the median over
 rounds of the per-round ratio.
 
-Variants: fast (SDPA attention + expand-index gather: the defaults), reference-style (eager
-softmax attention + the reference's copied int64 index), each change alone, and the fast path
-in bf16 (DeepSpeed bf16 student, bf16 autocast target).
+Variants: the reference-style step (eager softmax attention, the reference's copied int64
+index, the full last predictor block) in fp32 (the baseline) and bf16 (DeepSpeed bf16 student,
+bf16 autocast target); the fast fp32 step (SDPA, expand-index gather, last predictor block
+pruned to its mask-token rows), the same without the pruning (to separate its share), and the
+fast bf16 step as shipped (``model.attn_impl=auto``, which picks eager attention for bf16 on
+CPU).
 
 ``--compile`` instead compares the student's forward+backward eager vs ``torch.compile``
 (encoder and predictor), including compile time and a recompilation for a new mask shape;
@@ -32,24 +35,53 @@ import torch.distributed as dist
 
 from ijepa_ds.config import load_config
 from ijepa_ds.distributed import detect_dist_env, init_distributed
-from ijepa_ds.perf.flops import mfu, shape_from_config, step_flops
+from ijepa_ds.models.layers import resolve_attn_impl
+from ijepa_ds.perf.flops import StepShape, linear_flops, mfu, shape_from_config, step_flops
 from ijepa_ds.train.ds_config import build_ds_config
 from ijepa_ds.train.loop import micro_step
 from ijepa_ds.train.trainer import build_loader, build_trainer
 
+
+def variant(attn: str, gather: str, prune: bool, precision: str = "fp32") -> list[str]:
+    """Config overrides of one variant: attention kernel, token gather, pruning, precision."""
+    return [
+        f"model.attn_impl={attn}",
+        f"model.mask_gather={gather}",
+        f"model.predictor_prune_last={str(prune).lower()}",
+        f"optim.precision={precision}",
+    ]
+
+
+BASELINE = "reference-style fp32 (eager + copy, no pruning)"
+FAST = "fast fp32 (sdpa + index + pruning)"
+UNPRUNED = "fast fp32 without pruning (sdpa + index)"
+BF16_PAIR = (
+    "reference-style bf16 (eager + copy, no pruning)",
+    "fast bf16 as shipped (auto + index + pruning)",
+)
 VARIANTS = {
-    "fast (sdpa + index)": ["model.attn_impl=sdpa", "model.mask_gather=index"],
-    "reference-style (eager + copy)": ["model.attn_impl=eager", "model.mask_gather=copy"],
-    "sdpa alone (sdpa + copy)": ["model.attn_impl=sdpa", "model.mask_gather=copy"],
-    "index alone (eager + index)": ["model.attn_impl=eager", "model.mask_gather=index"],
-    "fast, bf16": ["model.attn_impl=sdpa", "model.mask_gather=index", "optim.precision=bf16"],
-    "reference-style, bf16": [
-        "model.attn_impl=eager",
-        "model.mask_gather=copy",
-        "optim.precision=bf16",
-    ],
+    BASELINE: variant("eager", "copy", prune=False),
+    FAST: variant("sdpa", "index", prune=True),
+    UNPRUNED: variant("sdpa", "index", prune=False),
+    BF16_PAIR[1]: variant("auto", "index", prune=True, precision="bf16"),
+    BF16_PAIR[0]: variant("eager", "copy", prune=False, precision="bf16"),
 }
-BASELINE, FAST = "reference-style (eager + copy)", "fast (sdpa + index)"
+
+
+def pruning_saved_flops(s: StepShape) -> float:
+    """Model FLOPs per image that last-block pruning skips (forward + 2x backward).
+
+    Per predictor sequence, the context rows (k_enc of them) of the last block get no output
+    projection, no MLP and no attention row (q k^T and attn v: 4 k_enc T P for T tokens);
+    their q still comes out of the one qkv matmul over all rows.
+    """
+    width, seq_len = s.predictor.dim, s.k_enc + s.k_pred
+    forward = (
+        linear_flops(s.k_enc, width, width)
+        + 2 * linear_flops(s.k_enc, width, s.predictor.mlp_hidden)
+        + 4.0 * s.k_enc * seq_len * width
+    )
+    return 3.0 * forward * s.nenc * s.npred
 
 
 def bench_overrides(image_size: int, batch: int, world: int, steps: int) -> list[str]:
@@ -91,41 +123,60 @@ def run_comparison(args, env) -> str:
     steps = {name: make_step(t, batches, [0]) for name, t in trainers.items()}
     peaks = {p: common.matmul_peak_flops(getattr(torch, p)) for p in ("float32", "bfloat16")}
     times = common.interleaved(steps, args.repeats)
-    first = trainers[FAST]
     k_enc = sum(b[3][0].shape[1] for b in batches[1:]) / args.repeats
     k_pred = sum(b[4][0].shape[1] for b in batches[1:]) / args.repeats
-    flops = step_flops(shape_from_config(first.cfg, k_enc, k_pred)).model
+    # The unpruned baseline's shape: the full computation, from which pruning subtracts.
+    shape = shape_from_config(trainers[BASELINE].cfg, k_enc, k_pred)
+    full = step_flops(shape).model
+    flops = {
+        name: full - (pruning_saved_flops(shape) if t.cfg.model.predictor_prune_last else 0.0)
+        for name, t in trainers.items()
+    }
     return format_table(times, args, env, peaks, flops, (k_enc, k_pred))
 
 
-def format_table(times, args, env, peaks: dict, flops: float, tokens) -> str:
+def format_table(times, args, env, peaks: dict, flops: dict, tokens) -> str:
+    """The markdown table; ``flops[name]`` is the model FLOPs per image that variant runs."""
+    full, pruned = max(flops.values()), flops[FAST]
+    auto = resolve_attn_impl("auto", "cpu", torch.bfloat16)
     lines = [
         f"ViT-S/16 student (width 384, depth 12, 6 heads; predictor 384 x 6), "
         f"{args.image_size} px ({(args.image_size // 16) ** 2} patches), batch {args.batch} per "
-        f"rank, {env.world_size} rank(s), ZeRO-1, fp32 unless stated; mean tokens per mask "
-        f"K_enc {tokens[0]:.1f}, K_pred {tokens[1]:.1f}; {args.repeats} interleaved rounds "
-        f"after 1 warm-up round. Model FLOPs per image {flops / 1e9:.2f} G; measured matmul "
-        f"peak of one core (1024^3 GEMM, best of 7 in CPU time, this run): fp32 "
-        f"{peaks['float32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s "
-        "(MFU of each row against its own precision's peak).",
+        f"rank, {env.world_size} rank(s), ZeRO-1; mean tokens per mask K_enc {tokens[0]:.1f}, "
+        f"K_pred {tokens[1]:.1f}; {args.repeats} interleaved rounds after 1 warm-up round; "
+        f"`attn_impl=auto` resolved to {auto} for bf16 on CPU. Model FLOPs per image "
+        f"{full / 1e9:.2f} G, {pruned / 1e9:.2f} G with the last predictor block pruned "
+        f"({100 * (1 - pruned / full):.1f}% fewer); measured matmul peak of one core (1024^3 "
+        f"GEMM, best of 7 in CPU time, this run): fp32 {peaks['float32'] / 1e9:.1f} GFLOP/s, "
+        f"bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s (MFU of each row: the FLOPs it runs "
+        "against its own precision's peak).",
         "",
         "| variant | median wall s/step | median CPU s/step | img/s (CPU time) | MFU "
-        "(CPU time) | speed-up vs reference, wall (min-max) | speed-up vs reference, CPU "
-        "(min-max) |",
+        "(CPU time) | speed-up vs reference fp32, wall (min-max) | speed-up vs reference "
+        "fp32, CPU (min-max) |",
         "|---|---|---|---|---|---|---|",
     ]
+    cpu_of = {name: [c for _, c in samples] for name, samples in times.items()}
     base_wall = [w for w, _ in times[BASELINE]]
-    base_cpu = [c for _, c in times[BASELINE]]
     for name, samples in times.items():
-        wall, cpu = [w for w, _ in samples], [c for _, c in samples]
+        wall, cpu = [w for w, _ in samples], cpu_of[name]
         img_s = args.batch / common.median(cpu)
         peak = peaks["bfloat16" if "bf16" in name else "float32"]
-        rw, rc = common.ratio_spread(base_wall, wall), common.ratio_spread(base_cpu, cpu)
+        rw, rc = common.ratio_spread(base_wall, wall), common.ratio_spread(cpu_of[BASELINE], cpu)
         lines.append(
             f"| {name} | {common.median(wall):.2f} | {common.median(cpu):.2f} | {img_s:.2f} | "
-            f"{100 * mfu(img_s, flops, peak):.1f}% | {rw[0]:.3f} ({rw[1]:.3f}-{rw[2]:.3f}) | "
-            f"{rc[0]:.3f} ({rc[1]:.3f}-{rc[2]:.3f}) |"
+            f"{100 * mfu(img_s, flops[name], peak):.1f}% | {rw[0]:.3f} ({rw[1]:.3f}-"
+            f"{rw[2]:.3f}) | {rc[0]:.3f} ({rc[1]:.3f}-{rc[2]:.3f}) |"
         )
+    same = common.ratio_spread(cpu_of[BF16_PAIR[0]], cpu_of[BF16_PAIR[1]])
+    prune = common.ratio_spread(cpu_of[UNPRUNED], cpu_of[FAST])
+    lines += [
+        "",
+        f"At equal precision, bf16: {BF16_PAIR[1]} vs {BF16_PAIR[0]}, CPU time: "
+        f"{same[0]:.3f} ({same[1]:.3f}-{same[2]:.3f}).",
+        f"Pruning alone: {FAST} vs {UNPRUNED}, CPU time: {prune[0]:.3f} ({prune[1]:.3f}-"
+        f"{prune[2]:.3f}).",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -11,8 +11,9 @@ student forward, backward, optimizer step, EMA, per-step bookkeeping) for one fi
 ``--steps`` timed steps. Per-rank throughput is images per second of wall time (median step,
 data loading included); MFU divides the model FLOPs of those images (``ijepa_ds.perf.flops``,
 with the batches' own token counts) by the matmul peak of one core measured in the same run
-(each rank runs one thread). The host synchronisations of the loop (the per-micro-batch
-non-finite check, the per-step loss all-reduce) are timed by wrapping them. Memory: tensors
+(each rank runs one thread). The loop's host synchronisation (``_global_sum``, the step's one
+all-reduce of loss sum, count and non-finite flag; ``_any_rank_nonfinite`` too, which only
+``loss.on_nonfinite=skip`` calls) is timed by wrapping it. Memory: tensors
 held after the steps plus the allocator peak of one more profiled step
 (``bench/memory_probe.py``), and the process's maximum RSS.
 """

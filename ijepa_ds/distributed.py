@@ -21,6 +21,7 @@ import math
 import os
 import re
 import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -195,11 +196,45 @@ def init_distributed(
         torch.cuda.set_device(dist_env.local_rank)
     import deepspeed
 
-    deepspeed.init_distributed(
-        dist_backend=backend,
-        auto_mpi_discovery=False,
-        timeout=timeout if timeout is not None else dist_timeout(),
-    )
+    timeout = timeout if timeout is not None else dist_timeout()
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
+    _create_deepspeed_world_group(timeout)
+
+
+def _create_deepspeed_world_group(timeout: timedelta) -> None:
+    """Create DeepSpeed's clone of the world group ourselves, with ``timeout``.
+
+    Every ZeRO collective (gradient reduction, parameter gathers) runs on that clone, which
+    DeepSpeed 0.19.8 creates on first use with a ``new_group`` that passes no timeout, so
+    torch's default (30 minutes for gloo, 10 for NCCL) would bound them instead of ``timeout``:
+    a hung rank would hold the others in the gradient reduction that long. The loop's own
+    collective comes after that reduction in each step, so it cannot notice the hang first.
+    """
+    import torch.distributed as dist
+    from deepspeed.utils import groups
+
+    if groups._WORLD_GROUP is None:
+        ranks = list(range(dist.get_world_size()))
+        groups._WORLD_GROUP = dist.new_group(ranks=ranks, timeout=timeout)
+
+
+def shutdown_distributed() -> None:
+    """After a clean finish: wait for every rank, then destroy all process groups.
+
+    Without this the groups are torn down by the interpreter's finalisers at exit, in no
+    particular order and while a faster peer may already be gone. Call it only once nothing
+    needs the groups any more (gathers of ZeRO-3 parameters included), and not on an error
+    path: the barrier would wait for ranks that are not coming. A no-op without a group.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    dist.barrier()
+    groups = sys.modules.get("deepspeed.utils.groups")  # never imported: nothing to forget
+    if groups is not None:
+        groups._WORLD_GROUP = None  # destroyed below with the rest
+    dist.destroy_process_group()
 
 
 def all_reduce_cpu(tensor: torch.Tensor, op=None) -> torch.Tensor:
@@ -220,3 +255,32 @@ def all_reduce_cpu(tensor: torch.Tensor, op=None) -> torch.Tensor:
     else:
         dist.all_reduce(tensor, **kwargs)
     return tensor
+
+
+def _group_devices() -> set[str]:
+    """Device types the default process group reduces natively: ``"cpu:gloo,cuda:nccl"`` ->
+    {"cpu", "cuda"}; a plain ``"nccl"`` group gives {"cuda"}, ``"gloo"`` {"cpu", "cuda"}."""
+    import torch.distributed as dist
+
+    return {part.split(":")[0] for part in dist.get_backend_config().split(",") if ":" in part}
+
+
+def all_reduce_on_device(tensor: torch.Tensor, op=None) -> torch.Tensor:
+    """All-reduce a small tensor in place and return it, on the device where it lives.
+
+    The training loop keeps its running sums on the accelerator so that reading them is the
+    only host synchronisation; reducing them there avoids a device-to-host copy before the
+    collective. A device the process group cannot reduce (a CPU tensor under NCCL alone, an
+    accelerator gloo does not know) takes the CPU path of ``all_reduce_cpu``. A no-op without
+    a multi-rank process group.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return tensor
+    if tensor.device.type in _group_devices():
+        dist.all_reduce(tensor, **({} if op is None else {"op": op}))
+        return tensor
+    if tensor.device.type == "cpu":
+        return all_reduce_cpu(tensor, op)
+    return tensor.copy_(all_reduce_cpu(tensor.cpu(), op))

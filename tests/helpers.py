@@ -16,7 +16,10 @@ def cpu_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC"))}
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONPATH=str(REPO))
+    # PYTHONFAULTHANDLER: a rank that dies on a signal (SIGABRT from C++) prints where it was.
+    env.update(
+        OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONPATH=str(REPO), PYTHONFAULTHANDLER="1"
+    )
     env.update(extra)
     return env
 
@@ -37,7 +40,16 @@ def torchrun(nproc: int, script: str | Path, *args: str, timeout: float = 600, c
     )
 
 
+_NOISE = ("is deprecated. Please use", "  return func(*args, **kwargs)")
+
+
+def without_noise(text: str) -> str:
+    """``text`` less torch's per-call deprecation warnings, which would fill a failure's tail."""
+    lines = text.splitlines()
+    return "\n".join(line for line in lines if not any(n in line for n in _NOISE))
+
+
 def assert_ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, (
-        f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+        f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{without_noise(proc.stderr)[-8000:]}"
     )

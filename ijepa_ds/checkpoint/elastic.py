@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ijepa_ds.checkpoint.layout import ENGINE_TAG, TMP_PREFIX, is_complete, write_complete_marker
+from ijepa_ds.checkpoint.layout import ENGINE_TAG, is_complete, write_complete_marker
+from ijepa_ds.fileio import TMP_PREFIX
 from ijepa_ds.observability import get_logger
 
 log = get_logger(__name__)

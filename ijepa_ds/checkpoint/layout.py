@@ -9,6 +9,7 @@
         COMPLETE                           marker (JSON), written last inside the folder
     <run_dir>/checkpoints/.tmp-step_00000100/   a save in progress (never read)
     <run_dir>/checkpoints/latest           name of the newest complete folder, written last
+    <run_dir>/checkpoints/best, best.json  the best folder by eval.best_metric, and its value
     <run_dir>/checkpoints/step_00000100.superseded-<ns>/   replaced by a resumed run (kept)
 
 A folder is written under a temporary name and published by ``os.rename`` after every rank
@@ -25,16 +26,16 @@ import re
 import time
 from pathlib import Path
 
-import torch
+from ijepa_ds.fileio import atomic_write_bytes, fsync_dir
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
-BEST = "best"  # pointer to the checkpoint with the lowest held-out loss
+BEST = "best"  # pointer to the best checkpoint by eval.best_metric
+BEST_VALUE = "best.json"  # that metric's value, so a resumed run keeps comparing against it
 COMPLETE = "COMPLETE"
 ENGINE_TAG = "engine"
 TARGET_FILE = "target_encoder.pt"
 STATE_FILE = "train_state.pt"
-TMP_PREFIX = ".tmp-"
 _STEP_RE = re.compile(r"^step_(\d{8,})$")
 
 
@@ -65,13 +66,37 @@ def complete_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def read_best(run_dir: str | Path) -> Path | None:
-    """The folder the ``best`` pointer names (lowest held-out loss), or None."""
+    """The folder the ``best`` pointer names (best by ``eval.best_metric``), or None."""
     pointer = checkpoints_dir(run_dir) / BEST
     return checkpoints_dir(run_dir) / pointer.read_text().strip() if pointer.is_file() else None
 
 
-def write_best(run_dir: str | Path, folder: Path) -> None:
+def write_best(run_dir: str | Path, folder: Path, metric: str, value: float) -> None:
+    """Point ``best`` at ``folder``; ``best.json`` records the metric and its value there."""
+    record = {"folder": folder.name, "metric": metric, "value": value}
+    atomic_write_bytes(checkpoints_dir(run_dir) / BEST_VALUE, json.dumps(record).encode())
     atomic_write_bytes(checkpoints_dir(run_dir) / BEST, (folder.name + "\n").encode())
+
+
+def resumed_best(run_dir: str | Path, start_step: int, metric: str) -> float | None:
+    """The value of ``metric`` that a run resumed at ``start_step`` must beat to move ``best``.
+
+    None (compare from scratch) when there is no ``best`` yet, when ``best.json`` does not
+    describe the folder ``best`` names (a run from before the file existed) or records another
+    metric, or when that folder is past ``start_step`` (resumed from an earlier checkpoint:
+    that future is redone).
+    """
+    best, path = read_best(run_dir), checkpoints_dir(run_dir) / BEST_VALUE
+    if best is None or not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        folder, recorded, value = record["folder"], record["metric"], float(record["value"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: unreadable ({err}); expected {{folder, metric, value}}") from err
+    if folder != best.name or recorded != metric or step_of(best) > start_step:
+        return None
+    return value
 
 
 def read_latest(run_dir: str | Path) -> Path | None:
@@ -83,44 +108,6 @@ def read_latest(run_dir: str | Path) -> Path | None:
     if step_of(name) is None:
         raise ValueError(f"{pointer} holds {name!r}, not a step folder name like step_00000100")
     return checkpoints_dir(run_dir) / name
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename."""
-    path = Path(path)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves no stray file behind
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_torch_save(obj, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_complete_marker(folder: Path, info: dict) -> None:
@@ -140,6 +127,6 @@ def publish(tmp_folder: Path, final_folder: Path, run_dir: str | Path) -> Path |
         aside = final_folder.with_name(f"{final_folder.name}.superseded-{time.time_ns()}")
         os.rename(final_folder, aside)
     os.rename(tmp_folder, final_folder)
-    _fsync_dir(final_folder.parent)
+    fsync_dir(final_folder.parent)
     atomic_write_bytes(checkpoints_dir(run_dir) / LATEST, (final_folder.name + "\n").encode())
     return aside

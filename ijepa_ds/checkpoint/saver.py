@@ -22,8 +22,6 @@ from ijepa_ds.checkpoint.layout import (
     ENGINE_TAG,
     STATE_FILE,
     TARGET_FILE,
-    TMP_PREFIX,
-    atomic_torch_save,
     checkpoints_dir,
     complete_checkpoints,
     publish,
@@ -36,6 +34,7 @@ from ijepa_ds.checkpoint.layout import (
 from ijepa_ds.checkpoint.state import TrainState, capture_rng, versions
 from ijepa_ds.checkpoint.verify import model_arch
 from ijepa_ds.config import config_hash
+from ijepa_ds.fileio import TMP_PREFIX, atomic_torch_save
 from ijepa_ds.observability import get_logger
 from ijepa_ds.train.ds_config import zero_stage
 

@@ -128,10 +128,10 @@ def engine_files(folder: Path, state: TrainState) -> list[Path]:
 def check_deepspeed_file(path: Path) -> None:
     """Read ``path`` as plain data (weights_only, DeepSpeed's allowlist) or raise naming it."""
     from ijepa_ds.interop.consolidated import ConsolidatedError
-    from ijepa_ds.interop.from_deepspeed import _load_ds_file
+    from ijepa_ds.interop.zero_checkpoint import load_ds_file
 
     try:
-        _load_ds_file(path, None)
+        load_ds_file(path, None)
     except ConsolidatedError as err:
         raise CheckpointError(str(err)) from err
 

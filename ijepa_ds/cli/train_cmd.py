@@ -31,6 +31,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 def _handler(args: argparse.Namespace) -> int:
     from ijepa_ds.checkpoint.resume import CheckpointError
     from ijepa_ds.config import ConfigError
+    from ijepa_ds.distributed import shutdown_distributed
     from ijepa_ds.train.main import run_training
 
     try:
@@ -38,6 +39,7 @@ def _handler(args: argparse.Namespace) -> int:
     except CheckpointError as err:
         # Reported like a config error: a clear message naming the file, exit code 2.
         raise ConfigError(str(err)) from err
+    shutdown_distributed()
     return 0
 
 

@@ -95,13 +95,22 @@ class ModelConfig:
     rescale_init: bool = _f(
         False, "Rescale block output weights by depth (not in effect upstream)."
     )
-    attn_impl: Literal["sdpa", "eager"] = _f("sdpa", "Attention kernel: fused SDPA or eager math.")
+    attn_impl: Literal["auto", "sdpa", "eager"] = _f(
+        "auto",
+        "Attention kernel: fused SDPA, eager softmax math, or auto (eager for bf16 activations "
+        "on CPU, where it is faster; SDPA otherwise).",
+    )
     mask_gather: Literal["index", "copy"] = _f(
         "index", "Token gather: expanded-view index, or the reference's copied index (baseline)."
     )
     pred_depth: int = _f(6, "Predictor blocks.")
     pred_emb_dim: int = _f(384, "Predictor width.")
     pred_num_heads: int = _f(0, "Predictor attention heads; 0 = the encoder's (as upstream).")
+    predictor_prune_last: bool = _f(
+        True,
+        "Last predictor block computes only the mask-token rows (exact: the context rows' "
+        "outputs are discarded); false = the reference's full computation (benchmarks).",
+    )
     act_ckpt_encoder: int = _f(0, "Activation checkpointing: 0 off, k = every k-th encoder block.")
     act_ckpt_predictor: int = _f(0, "Activation checkpointing: 0 off, k = every k-th pred. block.")
     act_ckpt_impl: Literal["torch", "deepspeed"] = _f(
@@ -202,6 +211,12 @@ class EvalConfig:
     health_val_samples: int = _f(1024, "Held-out images of the online kNN check.")
     collapse_std_threshold: float = _f(
         1e-3, "Warn that features collapsed when their std across images falls below this."
+    )
+    best_metric: Literal["val_loss", "knn"] = _f(
+        "val_loss",
+        "What checkpoints/best tracks: the lowest held-out JEPA loss, or the highest online kNN "
+        "top-1 (needs health_every_steps). The loss favours early epochs as the EMA target "
+        "sharpens, so kNN is the better pick when labels exist.",
     )
 
 

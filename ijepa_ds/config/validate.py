@@ -129,6 +129,8 @@ _RULES: list[Rule] = [
     ("eval.batch_size", lambda v, c: v >= 1, "must be >= 1"),
     ("eval.val_every_epochs", lambda v, c: v >= 0, "must be >= 0 (0 = only at the end)"),
     ("eval.low_shot_fractions", lambda v, c: all(0 < x <= 1 for x in v), "must lie in (0, 1]"),
+    ("eval.best_metric", lambda v, c: v != "knn" or c.eval.health_every_steps > 0,
+     "needs eval.health_every_steps > 0 (the online kNN check it reads)"),
 ]
 # fmt: on
 

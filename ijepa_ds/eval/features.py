@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ijepa_ds.fileio import atomic_torch_save
 from ijepa_ds.models import VisionTransformer
 
 POOLS = ("avg", "last4")
@@ -215,11 +215,8 @@ def cached_features(
         return hit
     result = extract_features(encoder, dataset, pool, batch_size, num_workers, device)
     if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
         payload = {"fields": fields, "features": result.features, "labels": result.labels}
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save(payload, path)
     return result
 
 

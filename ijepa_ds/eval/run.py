@@ -25,7 +25,12 @@ from ijepa_ds.data import (
     build_eval_transform,
     default_root,
 )
-from ijepa_ds.distributed import default_backend, detect_dist_env
+from ijepa_ds.distributed import (
+    default_backend,
+    detect_dist_env,
+    dist_timeout,
+    shutdown_distributed,
+)
 from ijepa_ds.eval.features import FeatureSet, cached_features
 from ijepa_ds.eval.knn import knn_classify
 from ijepa_ds.eval.linear import ProbeConfig, linear_probe
@@ -204,6 +209,7 @@ def _init_process_group():
             init_method=f"tcp://{env.master_addr}:{env.master_port}",
             rank=env.rank,
             world_size=env.world_size,
+            timeout=dist_timeout(),
         )
     return env
 
@@ -229,9 +235,11 @@ def run_eval_command(args: argparse.Namespace) -> int:
             result = _evaluate(args, eval_cfg, s, train, test) if env.is_main_process else None
         if result is not None:
             _write(args, s, description, result, time.perf_counter() - start)
-    finally:
+    except BaseException:
         if dist.is_initialized():
-            dist.destroy_process_group()
+            dist.destroy_process_group()  # no barrier: the other ranks may never arrive
+        raise
+    shutdown_distributed()
     return 0
 
 

@@ -19,7 +19,6 @@ JSON string in the file's metadata.
 """
 
 import json
-import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ijepa_ds.fileio import atomic_save
 from ijepa_ds.models import VisionTransformer, VisionTransformerPredictor
 
 FORMAT = "ijepa_ds.consolidated"
@@ -65,31 +65,6 @@ def safe_torch_load(path: str | Path, what: str, mmap: bool = False) -> Any:
         raise ConsolidatedError(
             f"{path}: unreadable {what}, truncated or corrupt ({type(err).__name__}: {first})"
         ) from err
-
-
-def _fsync_replace(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_save(path: str | Path, write) -> Path:
-    """Call `write(tmp_path)`, fsync the result and rename it to `path` (same folder), so a
-    crash leaves either the old file or the new one, never a partial file under `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    try:
-        write(tmp)
-        _fsync_replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _check_suffix(path: Path) -> str:

@@ -4,24 +4,15 @@ Reads the trainer's layout (`ijepa_ds.checkpoint.layout`): `<run>/config.yaml` (
 `<run>/checkpoints/latest`, and per step folder `engine/` (engine.save_checkpoint,
 tag "engine"), `target_encoder.pt` ({"state_dict": fp32}), `train_state.pt` (step, epoch, ...).
 
-- Student weights, ZeRO 1-3: DeepSpeed's `get_fp32_state_dict_from_zero_checkpoint` in lazy
-  mode, materialised one tensor at a time (ZeRO-3 gathers per parameter; at ZeRO 1/2
-  DeepSpeed itself concatenates each group's partitions first). ZeRO 0: the module weights of
-  fp32 runs, the fp32 masters of DeepSpeed's bf16 wrapper otherwise.
+- Student weights and AdamW moments come from the engine folder (`zero_checkpoint`, ZeRO 0-3,
+  every file checked with `weights_only=True` first); they are put into the 4 reference AdamW
+  groups of the config's model, which must hold exactly those parameters.
 - Sin-cos tables are REGENERATED, never read: zero_to_fp32 drops frozen parameters at ZeRO 1/2
   and returns them in bf16 at ZeRO 3.
-- AdamW moments, ZeRO 0-3: a rank's flat `exp_avg`/`exp_avg_sq` partition is laid out like its
-  fp32 master partition, so one walk over the saved parameter shapes (ZeRO 1/2 alignment
-  paddings, ZeRO-3 per-parameter padding) cuts them into parameters. Refused with a message:
-  ZeRO 1/2 `elastic_checkpoint` states and optimizer states without `exp_avg`.
-- Every DeepSpeed file is first read with `weights_only=True` (DeepSpeed's own plain data
-  classes allowlisted): a file that would run code is refused before DeepSpeed's reader, which
-  unpickles without that check, opens it.
 """
 
-import math
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +29,9 @@ from ijepa_ds.checkpoint.layout import (
 from ijepa_ds.config import config_to_dict, load_config
 from ijepa_ds.interop.arch import encoder_kwargs_from_config, predictor_kwargs_from_config
 from ijepa_ds.interop.consolidated import empty_models, make_consolidated, safe_torch_load
+from ijepa_ds.interop.zero_checkpoint import POS_TABLES, Progress, read_engine
 from ijepa_ds.models import get_2d_sincos_pos_embed
 from ijepa_ds.train.param_groups import build_param_groups
-
-Progress = Callable[[str], None]
-POS_TABLES = {"encoder": "pos_embed", "predictor": "predictor_pos_embed"}
 
 
 def _stderr(message: str) -> None:
@@ -68,192 +57,11 @@ def resolve_step_dir(path: str | Path) -> Path:
     return step_dir
 
 
-def _load_ds_file(path: Path, progress: Progress | None) -> Any:
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    if progress:
-        progress(f"reading {path} ({path.stat().st_size / 2**20:.1f} MiB)")
-    allowed = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
-    with torch.serialization.safe_globals(allowed):
-        return safe_torch_load(path, "DeepSpeed checkpoint file", mmap=True)
-
-
-def _rank_files(engine_dir: Path, pattern: str) -> list[Path]:
-    from deepspeed.utils.zero_to_fp32 import natural_keys
-
-    return sorted(engine_dir.glob(pattern), key=lambda p: natural_keys(p.name))
-
-
-def _slice(parts: list[torch.Tensor], start: int, length: int) -> torch.Tensor:
-    """[length] elements from `start` of the concatenation of the 1-D `parts` (not built)."""
-    pieces, offset = [], 0
-    for part in parts:
-        lo, hi = max(start, offset), min(start + length, offset + part.numel())
-        if lo < hi:
-            pieces.append(part[lo - offset : hi - offset])
-        offset += part.numel()
-    out = torch.cat(pieces) if pieces else torch.empty(0)
-    if out.numel() != length:
-        raise ValueError(
-            f"flat partitions end at {offset}, need elements {start}..{start + length}"
-        )
-    return out
-
-
-def _moments(state: Mapping[int, Any], index: int) -> Mapping[str, torch.Tensor] | None:
-    entry = state.get(index)
-    if entry is None:
-        return None  # the optimizer never stepped
-    if "exp_avg" not in entry or "exp_avg_sq" not in entry:
-        raise ValueError(f"optimizer state holds {sorted(entry)}, not AdamW's exp_avg/exp_avg_sq")
-    return entry
-
-
-def _zero12_moments(optim: list[dict], param_shapes: list[dict]) -> tuple[dict, list[dict]]:
-    """({name: moments}, [group hyperparameters]) from ZeRO 1/2 optimizer files in rank order.
-
-    Rank r holds elements [r * P, (r + 1) * P) of each group's flat buffer (the last rank's
-    tail is padding); inside the buffer, parameters follow `param_shapes` with the saved
-    per-parameter alignment paddings.
-    """
-    osds = [f["optimizer_state_dict"] for f in optim]
-    if not all(isinstance(o["base_optimizer_state"], Mapping) for o in osds):
-        raise ValueError("ZeRO 1/2 elastic_checkpoint optimizer states are not supported")
-    state, groups = {}, []
-    for g, shapes in enumerate(param_shapes):
-        groups.append(dict(osds[0]["base_optimizer_state"]["param_groups"][g]))
-        entries = [_moments(o["base_optimizer_state"]["state"], g) for o in osds]
-        if entries[0] is None:
-            continue
-        offset = 0
-        for (name, shape), pad in zip(shapes.items(), osds[0]["param_alignment_paddings"][g]):
-            numel = math.prod(shape)
-            state[name] = {
-                k: _slice([e[k] for e in entries], offset, numel).view(shape).float().clone()
-                for k in ("exp_avg", "exp_avg_sq")
-            }
-            state[name]["step"] = entries[0]["step"].float().clone()
-            offset += numel + pad
-    return state, groups
-
-
-def _zero3_moments(optim: list[dict], param_shapes: list[dict]) -> tuple[dict, list[dict]]:
-    """As `_zero12_moments` for ZeRO-3: each parameter is cut into W pieces of ceil(numel / W)
-    (the last one padded), piece r on rank r; a rank's pieces follow `param_shapes` order
-    through its optimizer sub-groups, a parameter never spanning two sub-groups."""
-    inner = [f["optimizer_state_dict"]["optimizer_state_dict"] for f in optim]
-    sizes = [t.numel() for t in optim[0]["optimizer_state_dict"]["fp32_flat_groups"]]
-    entries = [[_moments(o["state"], i) for i in range(len(sizes))] for o in inner]
-    state, groups, sub, local = {}, [], 0, 0
-    for shapes in param_shapes:
-        for i, (name, shape) in enumerate(shapes.items()):
-            numel = math.prod(shape)
-            piece = math.ceil(numel / len(inner))
-            if local >= sizes[sub]:
-                sub, local = sub + 1, 0
-            if local + piece > sizes[sub]:
-                raise ValueError(f"{name}: ZeRO-3 partition layout does not match its shapes")
-            if i == 0:
-                groups.append(dict(inner[0]["param_groups"][sub]))
-            if entries[0][sub] is not None:
-                state[name] = {
-                    k: torch.cat([e[sub][k][local : local + piece] for e in entries])[:numel]
-                    .view(shape)
-                    .float()
-                    .clone()
-                    for k in ("exp_avg", "exp_avg_sq")
-                }
-                state[name]["step"] = entries[0][sub]["step"].float().clone()
-            local += piece
-    return state, groups
-
-
-def _zero0(model_file: dict, names: list[list[str]]) -> tuple[dict, dict, list[dict]]:
-    """(weights, moments, group hyperparameters) of a ZeRO-0 engine, whose one model file holds
-    the module (fp32 runs: the weights) and the optimizer (bf16 runs: DeepSpeed's wrapper with
-    per-parameter fp32 masters `fp32_groups` around the torch AdamW state)."""
-    opt, module = model_file["optimizer"], model_file["module"]
-    if all(v.dtype == torch.float32 for v in module.values()):
-        weights = {k: v.float().clone() for k, v in module.items()}
-        inner = opt
-    elif isinstance(opt, Mapping) and "fp32_groups" in opt:
-        weights = {
-            name: master.float().clone()
-            for group_names, masters in zip(names, opt["fp32_groups"])
-            for name, master in zip(group_names, masters)
-        }
-        inner = opt["optimizer_state_dict"]
-    else:
-        raise ValueError(
-            "ZeRO-0 low-precision checkpoint without per-parameter fp32 masters (fp32_groups)"
-        )
-    state, groups = {}, []
-    for group, group_names in zip(inner["param_groups"], names):
-        if len(group["params"]) != len(group_names):
-            raise ValueError(
-                f"ZeRO-0 optimizer group holds {len(group['params'])} tensors, the model's "
-                f"reference group {len(group_names)} parameters"
-            )
-        groups.append(dict(group))
-        for index, name in zip(group["params"], group_names):
-            entry = _moments(inner["state"], index)
-            if entry is not None:
-                state[name] = {k: entry[k].float().clone() for k in ("exp_avg", "exp_avg_sq")}
-                state[name]["step"] = entry["step"].float().clone()
-    return weights, state, groups
-
-
-def _zero_weights(step_dir: Path, progress: Progress | None) -> dict[str, torch.Tensor]:
-    """fp32 student weights (trainable only) of a ZeRO 1-3 checkpoint, one tensor at a time."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    lazy = get_fp32_state_dict_from_zero_checkpoint(str(step_dir), tag=ENGINE_TAG, lazy_mode=True)
-    frozen = {f"{part}.{key}" for part, key in POS_TABLES.items()}
-    every = max(1, len(lazy) // 10)
-    weights = {}
-    for i, (name, tensor) in enumerate(lazy.items(), start=1):
-        if name not in frozen:  # dropped (ZeRO 1/2) or bf16 (ZeRO 3): regenerated instead
-            weights[name] = tensor.contiguous().to(torch.float32, copy=True)
-        if progress and (i % every == 0 or i == len(lazy)):
-            progress(f"student weights: {i}/{len(lazy)} tensors")
-    return weights
-
-
 def _reference_names(encoder, predictor) -> list[list[str]]:
     """Trainable parameter names ("encoder.<key>") of the 4 reference AdamW groups, in order."""
     names = {id(p): f"encoder.{n}" for n, p in encoder.named_parameters()}
     names.update({id(p): f"predictor.{n}" for n, p in predictor.named_parameters()})
     return [[names[id(p)] for p in g["params"]] for g in build_param_groups(encoder, predictor)]
-
-
-def _read_engine(step_dir: Path, names: list[list[str]], moments: bool, progress: Progress | None):
-    """(weights, moments, group hyperparameters, param names per group, ZeRO stage)."""
-    engine_dir = step_dir / ENGINE_TAG
-    model_files = _rank_files(engine_dir, "*_model_states.pt")
-    if not model_files:
-        raise ValueError(f"{engine_dir}: no DeepSpeed *_model_states.pt files")
-    # Every file DeepSpeed's own reader unpickles is checked here first (weights_only).
-    model0 = _load_ds_file(model_files[0], progress)
-    for path in model_files[1:]:
-        _load_ds_file(path, progress)
-    optim = [_load_ds_file(p, progress) for p in _rank_files(engine_dir, "*_optim_states.pt")]
-    try:
-        if not optim:
-            return (*_zero0(model0, names), names, 0)
-        stage = int(optim[0]["optimizer_state_dict"]["zero_stage"])
-        shapes = model0["param_shapes"]
-        state, groups = {}, []
-        if moments:
-            state, groups = (_zero3_moments if stage == 3 else _zero12_moments)(optim, shapes)
-        del optim
-        weights = _zero_weights(step_dir, progress)
-    except (KeyError, IndexError, TypeError, ValueError) as err:
-        raise ValueError(
-            f"{engine_dir}: unexpected DeepSpeed checkpoint layout ({type(err).__name__}: {err})"
-        ) from err
-    return weights, state, groups, [list(s) for s in shapes], stage
 
 
 def _fill_tables(module: torch.nn.Module, part: str, found: Mapping[str, torch.Tensor], where):
@@ -311,7 +119,7 @@ def consolidate_deepspeed(
     enc_kw, pred_kw = encoder_kwargs_from_config(cfg), predictor_kwargs_from_config(cfg)
     encoder, predictor = empty_models(enc_kw, pred_kw)
     names = _reference_names(encoder, predictor)
-    weights, state, hyper, saved, stage = _read_engine(step_dir, names, with_optimizer, progress)
+    weights, state, hyper, saved, stage = read_engine(step_dir, names, with_optimizer, progress)
     stray = sorted(k for k in weights if not k.startswith(("encoder.", "predictor.")))
     if stray:
         raise ValueError(f"{step_dir}: weights outside the encoder and predictor: {stray[:5]}")

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
+from ijepa_ds.fileio import atomic_save
 from ijepa_ds.interop.arch import encoder_grid, infer_encoder_kwargs, infer_predictor_kwargs
 from ijepa_ds.interop.consolidated import (
     MOMENT_KEYS,
-    atomic_save,
     empty_models,
     make_consolidated,
     validate_consolidated,

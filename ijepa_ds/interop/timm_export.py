@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ijepa_ds.interop.consolidated import atomic_save, validate_consolidated
+from ijepa_ds.fileio import atomic_save
+from ijepa_ds.interop.consolidated import validate_consolidated
 
 FORMAT = "ijepa_ds.timm_vit"
 SUFFIXES = (".safetensors", ".pt")

@@ -229,6 +229,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
     def run(self, env, handler: PreemptionHandler) -> dict:
         """Train with the variables already exported; hand over to submitit on preemption."""
         from ijepa_ds.cli.train_cmd import add_train_arguments
+        from ijepa_ds.distributed import shutdown_distributed
         from ijepa_ds.train.main import run_training
 
         parser = add_train_arguments(argparse.ArgumentParser(prog="ijepa-ds train"))
@@ -251,6 +252,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
             # Done: a time-limit signal arriving now (while the interpreter shuts down, when
             # Python handlers may no longer run) would kill the task and mark the job FAILED.
             signal.signal(handler.signum, signal.SIG_IGN)
+            shutdown_distributed()
         return {
             **result,
             "rank": env.global_rank,

@@ -28,20 +28,10 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from ijepa_ds.cli.train_cmd import add_train_arguments
+from ijepa_ds.launch.common import launcher_main, train_argv
 
 LAUNCHERS = ("torchrun", "deepspeed")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-def train_argv(args: argparse.Namespace) -> list[str]:
-    """The ``ijepa-ds train`` arguments held by a namespace parsed with
-    ``add_train_arguments`` (the launcher's own options left out)."""
-    argv = ["--config", args.config, *args.overrides]
-    if args.resume:
-        argv += ["--resume", args.resume]
-    if args.resume_fallback:
-        argv.append("--resume-fallback")
-    return argv
 
 
 def add_local_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -149,14 +139,7 @@ def run_local(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m ijepa_ds.launch.local``: the same as ``ijepa-ds launch local``."""
-    from ijepa_ds.config import ConfigError
-
-    parser = add_local_arguments(argparse.ArgumentParser(prog="ijepa-ds launch local"))
-    try:
-        return run_local(parser.parse_args(argv))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return launcher_main("ijepa-ds launch local", add_local_arguments, run_local, argv)
 
 
 if __name__ == "__main__":

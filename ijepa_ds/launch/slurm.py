@@ -18,7 +18,6 @@ there (``--resume auto``). Job logs: ``<slurm-dir>/<job id>/``.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import re
 import shutil
@@ -32,9 +31,11 @@ from typing import Any
 
 from ijepa_ds.cli.train_cmd import add_train_arguments
 from ijepa_ds.config import ConfigError
-from ijepa_ds.launch.local import train_argv
+from ijepa_ds.launch.common import launcher_main, train_argv
+from ijepa_ds.launch.sweep import sweep_runs
 
-# What the jobs run from: the package and the DeepSpeed JSON files it looks up beside itself.
+# What the jobs run from: the package and, from a checkout, the DeepSpeed JSON files it looks up
+# beside itself (an installed wheel carries them inside, as ijepa_ds/ds_configs/).
 SNAPSHOT_ITEMS = ("ijepa_ds", "ds_configs")
 _MEM_RE = re.compile(r"^\d+[KMGT]?$")
 _TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
@@ -59,33 +60,6 @@ def parse_time(value: str) -> int:
     else:
         hours, (minutes, seconds) = 0, (parts + [0])[:2]
     return hours * 60 + minutes + (1 if seconds else 0)
-
-
-def split_values(text: str) -> list[str]:
-    """Split ``a,[1,2],b`` at the commas outside brackets: ``['a', '[1,2]', 'b']``."""
-    values, depth, current = [], 0, ""
-    for char in text:
-        depth += {"[": 1, "]": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            values.append(current)
-            current = ""
-        else:
-            current += char
-    return values + [current]
-
-
-def expand_sweep(sweeps: Sequence[str]) -> list[list[str]]:
-    """``["schedule.lr=1e-3,5e-4", "seed=0,1"]`` -> the 4 override lists of the grid.
-
-    The key ``config`` sweeps the preset / YAML file itself (``config=NAME``).
-    """
-    axes = []
-    for item in sweeps:
-        key, sep, values = item.partition("=")
-        if not sep or not key or not values:
-            raise ConfigError(f"--sweep {item!r}: expected KEY=V1,V2,...")
-        axes.append([f"{key}={value}" for value in split_values(values)])
-    return [list(combo) for combo in itertools.product(*axes)]
 
 
 def sbatch_options(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
@@ -154,17 +128,9 @@ def _runs(args: argparse.Namespace, world_size: int) -> list[tuple[list[str], st
     """(train argv, run-name template, output dir) per sweep member, each config validated."""
     from ijepa_ds.config import load_config, validate_config
 
-    members = expand_sweep(args.sweep) if args.sweep else [[]]
+    members = sweep_runs(args.config, args.overrides, args.sweep)
     runs = []
-    for extra in members:
-        config = args.config
-        overrides = list(args.overrides)
-        for item in extra:
-            key, _, value = item.partition("=")
-            if key == "config":
-                config = value
-            else:
-                overrides.append(item)
+    for config, overrides in members:
         cfg = load_config(config, overrides)
         validate_config(cfg, world_size=world_size)
         template = cfg.logging.run_name or f"{args.job_name}-%j"
@@ -302,12 +268,7 @@ def run_slurm(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m ijepa_ds.launch.slurm``: the same as ``ijepa-ds launch slurm``."""
-    parser = add_slurm_arguments(argparse.ArgumentParser(prog="ijepa-ds launch slurm"))
-    try:
-        return run_slurm(parser.parse_args(argv))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return launcher_main("ijepa-ds launch slurm", add_slurm_arguments, run_slurm, argv)
 
 
 if __name__ == "__main__":

@@ -23,12 +23,34 @@ def build_mask_sampler(compat: str, **kwargs) -> MultiBlockMaskSampler | Referen
     return MASK_COMPAT[compat](**kwargs)
 
 
+def build_mask_sampler_from_config(cfg, global_batch_size: int, seed: int | None = None):
+    """The sampler the ``mask`` section of ``cfg`` describes, on the grid of ``data.crop_size``
+    / ``model.patch_size``; ``seed`` defaults to ``cfg.seed``. Training, validation and the
+    memory planner all build their masks here."""
+    grid = cfg.data.crop_size // cfg.model.patch_size
+    m = cfg.mask
+    return build_mask_sampler(
+        m.compat,
+        grid_size=(grid, grid),
+        global_batch_size=global_batch_size,
+        seed=cfg.seed if seed is None else seed,
+        enc_mask_scale=m.enc_mask_scale,
+        pred_mask_scale=m.pred_mask_scale,
+        aspect_ratio=m.aspect_ratio,
+        nenc=m.num_enc_masks,
+        npred=m.num_pred_masks,
+        min_keep=m.min_keep,
+        allow_overlap=m.allow_overlap,
+    )
+
+
 __all__ = [
     "MASK_COMPAT",
     "MaskCollator",
     "MultiBlockMaskSampler",
     "ReferenceMaskSampler",
     "build_mask_sampler",
+    "build_mask_sampler_from_config",
     "render_mask_grid",
     "render_mask_overlay",
     "save_png",

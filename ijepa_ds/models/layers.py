@@ -1,15 +1,21 @@
 """ViT building blocks with the reference module names (so state-dict keys match).
 
-Every block maps one tensor to one tensor, so activation checkpointing can wrap it as is.
+Every block maps one tensor to one tensor (plus an optional int, `query_from`), so activation
+checkpointing can wrap it as is.
 """
 
+import logging
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ATTN_IMPLS = ("sdpa", "eager")
+ATTN_IMPLS = ("auto", "sdpa", "eager")
+
+log = logging.getLogger(__name__)
+# (device type, dtype, kernel) choices of "auto" already logged: one line per process each.
+_LOGGED_AUTO: set[tuple[str, torch.dtype, str]] = set()
 
 
 def check_attn_impl(attn_impl: str) -> str:
@@ -17,6 +23,35 @@ def check_attn_impl(attn_impl: str) -> str:
     if attn_impl not in ATTN_IMPLS:
         raise ValueError(f"unknown attn_impl {attn_impl!r}; expected one of {ATTN_IMPLS}")
     return attn_impl
+
+
+def resolve_attn_impl(attn_impl: str, device_type: str, dtype: torch.dtype) -> str:
+    """The kernel ("sdpa" or "eager") that attn_impl means for activations of dtype on device_type.
+
+    "auto" is eager softmax attention for bf16 on CPU, where torch's CPU SDPA kernel is slower
+    than two bf16 GEMMs and a softmax (bench/results/fast_paths.md), and SDPA otherwise (flash /
+    memory-efficient kernels on GPU, neutral in fp32 on CPU). Deciding from the activations
+    rather than from the config means the bf16 DeepSpeed student and the fp32 target under bf16
+    autocast (whose q, k, v come out of the qkv Linear in bf16) both get the right kernel.
+    """
+    if check_attn_impl(attn_impl) != "auto":
+        return attn_impl
+    kernel = "eager" if device_type == "cpu" and dtype == torch.bfloat16 else "sdpa"
+    if (device_type, dtype, kernel) not in _LOGGED_AUTO:
+        _LOGGED_AUTO.add((device_type, dtype, kernel))
+        log.info(
+            "attn_impl=auto: %s attention for %s activations on %s", kernel, dtype, device_type
+        )
+    return kernel
+
+
+def _check_query_from(query_from: int | None, tokens: int) -> int:
+    """query_from as a row index in [0, tokens); None means 0 (every row)."""
+    if query_from is None:
+        return 0
+    if not 0 <= query_from < tokens:
+        raise ValueError(f"query_from={query_from} must lie in [0, {tokens}) for {tokens} tokens")
+    return query_from
 
 
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
@@ -70,8 +105,9 @@ class Attention(nn.Module):
     """Multi-head self-attention with a fused `qkv` projection and an output `proj`.
 
     attn_impl "sdpa" calls torch's scaled_dot_product_attention (flash / memory-efficient
-    kernels on GPU); "eager" is the reference's explicit softmax(q k^T * scale) v, kept for
-    benchmarks and numerical comparison.
+    kernels on GPU); "eager" is the reference's explicit softmax(q k^T * scale) v (faster for
+    bf16 on CPU, and the reference-style baseline of the benchmarks); "auto" picks one per call
+    (`resolve_attn_impl`).
     """
 
     def __init__(
@@ -94,19 +130,27 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, N, D] -> [B, N, D]."""
+    def forward(self, x: torch.Tensor, query_from: int | None = None) -> torch.Tensor:
+        """x: [B, N, D] -> [B, N - query_from, D], the outputs of rows query_from.. only.
+
+        Every row is still a key and a value; only rows query_from.. attend and get the output
+        projection. query_from=None (or 0) gives all N rows.
+        """
         batch, tokens, dim = x.shape
+        start = _check_query_from(query_from, tokens)
+        # One qkv call on all rows (not a q-only matmul on the kept rows): ZeRO-3 gathers the
+        # qkv weight only when the qkv module itself runs.
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, head_dim]
+        q = q[:, :, start:]
         dropout = self.attn_drop if self.training else 0.0
-        if self.attn_impl == "sdpa":
+        if resolve_attn_impl(self.attn_impl, q.device.type, q.dtype) == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         else:
             attn = (q @ k.transpose(-2, -1)) * self.scale
             attn = F.dropout(attn.softmax(dim=-1), p=dropout)
             out = attn @ v
-        out = out.transpose(1, 2).reshape(batch, tokens, dim)
+        out = out.transpose(1, 2).reshape(batch, tokens - start, dim)
         return self.proj_drop(self.proj(out))
 
 
@@ -148,9 +192,17 @@ class Block(nn.Module):
         # int() as in the reference: ViT-G's 1408 * 48/11 gives 6144.
         self.mlp = MLP(dim, int(dim * mlp_ratio), drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, N, D] -> [B, N, D]."""
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, query_from: int | None = None) -> torch.Tensor:
+        """x: [B, N, D] -> [B, N - query_from, D] (all N rows when query_from is None).
+
+        With query_from, rows before it serve only as keys and values: their residual, MLP and
+        output are skipped. This is exact, not an approximation, for a caller that would
+        discard those rows (the predictor's last block keeps only its mask-token rows).
+        """
+        out = self.attn(self.norm1(x), query_from)
+        if query_from:
+            x = x[:, query_from:]
+        x = x + self.drop_path(out)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -162,7 +214,7 @@ def build_blocks(depth: int, drop_path_rate: float, **block_kwargs: Any) -> nn.M
 
 
 def apply_attn_impl(module: nn.Module, attn_impl: str) -> None:
-    """Switch every Attention inside `module` to attn_impl ("sdpa" or "eager") in place."""
+    """Switch every Attention inside `module` to attn_impl ("auto", "sdpa", "eager") in place."""
     check_attn_impl(attn_impl)
     for m in module.modules():
         if isinstance(m, Attention):

@@ -33,6 +33,9 @@ class VisionTransformerPredictor(nn.Module):
             attn_impl: as for VisionTransformer.
         grid_size: (grid_h, grid_w) patch grid, for non-square grids.
         mask_gather: "index" or "copy", as for VisionTransformer.
+        prune_last_block: run the last block for the mask-token rows only (the context rows
+            still give keys and values). Exact: those are the only rows the output keeps; off
+            gives the reference's full-sequence computation (for benchmarks).
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class VisionTransformerPredictor(nn.Module):
         attn_impl: str = "sdpa",
         grid_size: int | tuple[int, int] | None = None,
         mask_gather: str = "index",
+        prune_last_block: bool = True,
     ) -> None:
         super().__init__()
         self.grid_size = _resolve_grid(num_patches, grid_size)
@@ -60,6 +64,7 @@ class VisionTransformerPredictor(nn.Module):
         self.embed_dim = embed_dim
         self.predictor_embed_dim = predictor_embed_dim
         self.mask_gather = check_mask_gather(mask_gather)
+        self.prune_last_block = prune_last_block
         self.predictor_embed = nn.Linear(embed_dim, predictor_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, predictor_embed_dim))
         self.predictor_pos_embed = nn.Parameter(
@@ -130,10 +135,14 @@ class VisionTransformerPredictor(nn.Module):
         pred_tokens = self.mask_token + target_pos
         x = torch.cat([x.repeat(len(masks), 1, 1), pred_tokens], dim=1)
 
-        for block in self.predictor_blocks:
+        blocks = list(self.predictor_blocks)
+        prune = self.prune_last_block and len(blocks) > 0
+        for block in blocks[:-1] if prune else blocks:
             x = block(x)
-        x = self.predictor_norm(x)
-        return self.predictor_proj(x[:, num_ctx:])
+        # Only the mask-token rows are predictions; norm and proj act row by row, so slicing
+        # before them (or pruning the last block to those rows) changes nothing in the result.
+        x = blocks[-1](x, query_from=num_ctx) if prune else x[:, num_ctx:]
+        return self.predictor_proj(self.predictor_norm(x))
 
 
 def _resolve_grid(

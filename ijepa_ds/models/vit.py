@@ -46,7 +46,8 @@ class VisionTransformer(nn.Module):
         init_std: std of the truncated-normal weight init.
         rescale_init: divide block l's attn.proj / mlp.fc2 weights by sqrt(2 l) after init
             (off by default: the reference's effective init has no rescale).
-        attn_impl: "sdpa" (torch scaled_dot_product_attention) or "eager" (explicit softmax).
+        attn_impl: "auto" (eager for bf16 on CPU, else SDPA), "sdpa" (torch
+            scaled_dot_product_attention) or "eager" (explicit softmax).
         pos_interp: how an input whose grid differs from img_size gets positions: "sincos"
             regenerates the fixed table for that grid, "bicubic" resizes the stored table.
         mask_gather: "index" (expanded-view gather) or "copy" (the reference's repeated

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ijepa_ds.fileio import atomic_write_bytes
 
 TENSORBOARD_SUBDIR = "tensorboard"
 JSONL_NAME = "metrics.jsonl"
@@ -49,9 +50,7 @@ def _truncate_jsonl(path: Path, resume_step: int) -> None:
             continue
         if isinstance(record, dict) and record.get("step", resume_step) < resume_step:
             kept.append(line)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
 
 
 class MetricsWriter:

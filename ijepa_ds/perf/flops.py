@@ -12,7 +12,9 @@ One step per image is
   patch embedding runs on all N patches, because masking happens after it;
 - target encoder: forward only, on all N tokens;
 - predictor: forward + backward on ``k_enc + k_pred`` tokens, once per (target block, context
-  view) pair, i.e. ``npred * nenc`` sequences.
+  view) pair, i.e. ``npred * nenc`` sequences; with ``prune_last`` (the trainer's default,
+  ``model.predictor_prune_last``) the last block runs its output projection, MLP and attention
+  rows for the ``k_pred`` mask-token rows only (qkv still on all rows).
 Activation checkpointing recomputes the forward of the checkpointed blocks during backward:
 ``StepFlops.recompute`` counts that work (hardware FLOPs); MFU uses model FLOPs without it.
 """
@@ -53,6 +55,7 @@ class StepShape:
     k_pred: float
     nenc: int = 1
     npred: int = 4
+    prune_last: bool = False
 
 
 def linear_flops(tokens: float, d_in: int, d_out: int) -> float:
@@ -126,13 +129,36 @@ def context_forward_flops(s: StepShape) -> tuple[float, float]:
     return patch_embed_flops(s), blocks
 
 
+def pruned_last_block_saving(s: StepShape) -> float:
+    """Forward FLOPs per image the pruned last predictor block skips (0 without pruning).
+
+    Per sequence, the k_enc context rows get no output projection, no MLP and no attention row
+    (q k^T and attn v over T = k_enc + k_pred keys); their q still comes from the qkv matmul.
+    """
+    if not s.prune_last or s.predictor.depth == 0:
+        return 0.0
+    width, seq_len = s.predictor.dim, s.k_enc + s.k_pred
+    per_seq = (
+        linear_flops(s.k_enc, width, width)
+        + 2 * linear_flops(s.k_enc, width, s.predictor.mlp_hidden)
+        + 4.0 * s.k_enc * seq_len * width
+    )
+    return per_seq * s.nenc * s.npred
+
+
+def predictor_blocks_forward_flops(s: StepShape) -> float:
+    """Forward FLOPs per image of the predictor's blocks (pruning of the last one included)."""
+    seqs = s.nenc * s.npred
+    full = stack_forward_flops(s.predictor, s.k_enc + s.k_pred, seqs)
+    return full - pruned_last_block_saving(s)
+
+
 def predictor_forward_flops(s: StepShape) -> float:
     """Predictor forward FLOPs per image: embed the context, run the blocks, project targets."""
     seqs = s.nenc * s.npred
     embed = s.nenc * linear_flops(s.k_enc, s.encoder.dim, s.predictor.dim)
-    blocks = stack_forward_flops(s.predictor, s.k_enc + s.k_pred, seqs)
     proj = seqs * linear_flops(s.k_pred, s.predictor.dim, s.encoder.dim)
-    return embed + blocks + proj
+    return embed + predictor_blocks_forward_flops(s) + proj
 
 
 def _recompute_fraction(depth: int, every: int) -> float:
@@ -149,6 +175,8 @@ def step_flops(s: StepShape, act_ckpt_encoder: int = 0, act_ckpt_predictor: int 
     pred_blocks = stack_forward_flops(s.predictor, s.k_enc + s.k_pred, s.nenc * s.npred)
     recompute = enc_blocks * _recompute_fraction(s.encoder.depth, act_ckpt_encoder)
     recompute += pred_blocks * _recompute_fraction(s.predictor.depth, act_ckpt_predictor)
+    if act_ckpt_predictor > 0 and (s.predictor.depth - 1) % act_ckpt_predictor == 0:
+        recompute -= pruned_last_block_saving(s)  # the checkpointed last block is pruned too
     target = patch_embed_flops(s) + stack_forward_flops(s.encoder, s.num_patches, 1)
     return StepFlops(
         context_fwd=embed + enc_blocks,
@@ -195,4 +223,5 @@ def shape_from_config(cfg, k_enc: float, k_pred: float) -> StepShape:
         k_pred=k_pred,
         nenc=cfg.mask.num_enc_masks,
         npred=cfg.mask.num_pred_masks,
+        prune_last=model.predictor_prune_last,
     )

@@ -13,8 +13,10 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from ijepa_ds.config import gradient_accumulation_steps
+from ijepa_ds.models.layers import resolve_attn_impl
 from ijepa_ds.perf.flops import StepFlops, StepShape, shape_from_config, step_flops
 from ijepa_ds.perf.memory import (
     GIB,
@@ -31,26 +33,11 @@ def expected_tokens(cfg, global_batch: int, steps: int = 8) -> tuple[float, floa
     """Mean tokens per context mask and per target mask over ``steps`` steps of the sampler.
 
     K_enc depends on the whole step (contexts are equalised to the step's shortest), so the
-    sampler is called as rank 0 of each step would call it (the trainer's sampler settings,
-    without importing the trainer and its data stack).
+    sampler is called as rank 0 of each step would call it, built as training builds it.
     """
-    from ijepa_ds.masks import build_mask_sampler
+    from ijepa_ds.masks import build_mask_sampler_from_config
 
-    grid = cfg.data.crop_size // cfg.model.patch_size
-    m = cfg.mask
-    sampler = build_mask_sampler(
-        m.compat,
-        grid_size=(grid, grid),
-        global_batch_size=global_batch,
-        seed=cfg.seed,
-        enc_mask_scale=m.enc_mask_scale,
-        pred_mask_scale=m.pred_mask_scale,
-        aspect_ratio=m.aspect_ratio,
-        nenc=m.num_enc_masks,
-        npred=m.num_pred_masks,
-        min_keep=m.min_keep,
-        allow_overlap=m.allow_overlap,
-    )
+    sampler = build_mask_sampler_from_config(cfg, global_batch)
     micro = min(cfg.data.batch_size, global_batch)
     k_enc, k_pred = [], []
     for step in range(steps):
@@ -92,8 +79,10 @@ def _settings(cfg, world_size: int) -> tuple[EngineSettings, ActivationSettings]
 
     eng = EngineSettings.from_ds_config(build_ds_config(cfg, world_size), world_size)
     m = cfg.model
+    # The plan is for GPUs, where attn_impl "auto" always means SDPA.
+    attn_impl = resolve_attn_impl(m.attn_impl, "cuda", torch.bfloat16)
     act = ActivationSettings(
-        cfg.data.batch_size, m.act_ckpt_encoder, m.act_ckpt_predictor, m.attn_impl, m.mask_gather
+        cfg.data.batch_size, m.act_ckpt_encoder, m.act_ckpt_predictor, attn_impl, m.mask_gather
     )
     return eng, act
 

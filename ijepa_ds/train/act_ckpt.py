@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,7 +26,15 @@ from torch.utils.checkpoint import checkpoint as torch_checkpoint
 IMPLS = ("torch", "deepspeed")
 
 
-def _checkpointed(forward: Callable, impl: str, x: torch.Tensor) -> torch.Tensor:
+def _checkpointed(forward: Callable, impl: str, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """forward(x, **kwargs) with x the only checkpointed input.
+
+    kwargs must hold no tensors (a Block's ``query_from`` int): they are bound into the
+    function rather than passed through the checkpoint (``deepspeed.checkpointing.checkpoint``
+    takes positional arguments only), so the recomputation in the backward reuses them as is.
+    """
+    if kwargs:
+        forward = functools.partial(forward, **kwargs)
     if not torch.is_grad_enabled():
         return forward(x)
     if impl == "torch":

@@ -14,11 +14,21 @@ from typing import Any
 
 from ijepa_ds.config import gradient_accumulation_steps
 
-DS_CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "ds_configs"
+
+def _ds_config_dir() -> Path:
+    """Where the named configs live: ``ds_configs/`` at the root of a checkout (the one source
+    of truth, also in an editable install), else the copy a wheel ships as
+    ``ijepa_ds/ds_configs/`` (``setup.py`` maps the root folder there)."""
+    package = Path(__file__).resolve().parent.parent
+    checkout = package.parent / "ds_configs"
+    return checkout if checkout.is_dir() else package / "ds_configs"
+
+
+DS_CONFIG_DIR = _ds_config_dir()
 
 
 def resolve_ds_config_path(name_or_path: str) -> Path:
-    """``"zero1"`` -> ``<repo>/ds_configs/zero1.json``; an existing path is taken as is."""
+    """``"zero1"`` -> ``DS_CONFIG_DIR/zero1.json``; an existing path is taken as is."""
     path = Path(name_or_path)
     if path.suffix == ".json" and path.is_file():
         return path

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ijepa_ds.checkpoint.layout import step_of, write_best
+from ijepa_ds.checkpoint.layout import resumed_best, step_of, write_best
 from ijepa_ds.data import build_dataset, build_eval_transform, build_train_loader
 from ijepa_ds.data.sampler import mix_seed
 from ijepa_ds.distributed import all_reduce_cpu
@@ -42,7 +42,7 @@ class PretrainEvaluator:
     """Held-out loss and online health for a built ``Trainer`` (see module docstring)."""
 
     def __init__(self, trainer):
-        from ijepa_ds.train.trainer import build_mask_sampler_from_config
+        from ijepa_ds.masks import build_mask_sampler_from_config
 
         cfg = trainer.cfg
         self.trainer, self.cfg = trainer, cfg
@@ -127,18 +127,28 @@ class PretrainEvaluator:
         }
 
 
+# eval.best_metric -> (the scalar it reads, True when higher is better)
+BEST_METRICS = {"val_loss": ("val/loss", False), "knn": ("health/knn_top1", True)}
+
+
 class EvaluationHook:
     """Training-loop hook: validation loss at epoch ends, health every N steps.
 
-    A new lowest held-out loss asks ``policy`` for a checkpoint at this step; ``mark_best``
-    (a hook placed after the checkpoint hook) then points ``checkpoints/best`` at it.
+    A new best value of ``eval.best_metric`` (lowest held-out loss, or highest online kNN
+    top-1) asks ``policy`` for a checkpoint at this step; ``mark_best`` (a hook placed after
+    the checkpoint hook) then points ``checkpoints/best`` at it.
     """
 
     def __init__(self, evaluator: PretrainEvaluator, metrics, ipe: int, policy=None):
         self.evaluator, self.metrics, self.ipe, self.policy = evaluator, metrics, ipe, policy
         self.eval_cfg = evaluator.cfg.eval
+        self.best_key, self.higher_is_better = BEST_METRICS[self.eval_cfg.best_metric]
         self.best: float | None = None
         self.improved_at: int | None = None
+
+    def resume(self, run_dir, start_step: int) -> None:
+        """Compare against the run's best so far, as ``best.json`` recorded it."""
+        self.best = resumed_best(run_dir, start_step, self.best_key)
 
     def mark_best(self, saver, run_dir, rank: int):
         """Hook: after ``saver`` saved an improved step, write the ``best`` pointer (rank 0)."""
@@ -146,11 +156,18 @@ class EvaluationHook:
         def hook(step: int, info: dict, tensors) -> bool:
             if self.improved_at == step and saver.saved and step_of(saver.saved[-1]) == step:
                 if rank == 0:
-                    write_best(run_dir, saver.saved[-1])
-                log.info("best held-out loss %.4f: %s", self.best, saver.saved[-1])
+                    write_best(run_dir, saver.saved[-1], self.best_key, self.best)
+                log.info("best %s %.4f: %s", self.best_key, self.best, saver.saved[-1])
             return False
 
         return hook
+
+    def _consider(self, step: int, value: float) -> None:
+        """Track a new best value and ask for a checkpoint at this step."""
+        if self.best is None or (value > self.best if self.higher_is_better else value < self.best):
+            self.best, self.improved_at = value, step
+            if self.policy is not None:
+                self.policy.request_save()
 
     def __call__(self, step: int, info: dict, tensors) -> bool:
         scalars: dict[str, float] = {}
@@ -159,12 +176,7 @@ class EvaluationHook:
             loss = self.evaluator.validation_loss()
             if loss is not None:
                 scalars["val/loss"] = loss
-                if self.best is None or loss < self.best:
-                    self.best, self.improved_at = loss, step
-                    if self.policy is not None:
-                        self.policy.request_save()
-                log.info("epoch %d | held-out JEPA loss %.4f (best %.4f)", step // self.ipe,
-                         loss, self.best)  # fmt: skip
+                log.info("epoch %d | held-out JEPA loss %.4f", step // self.ipe, loss)
         health_every = self.eval_cfg.health_every_steps
         if health_every and step % health_every == 0:
             scalars.update(self.evaluator.health())
@@ -175,6 +187,8 @@ class EvaluationHook:
                 if std < self.eval_cfg.collapse_std_threshold:
                     log.warning("step %d: target features look collapsed (std %.2e < %.2e)",
                                 step, std, self.eval_cfg.collapse_std_threshold)  # fmt: skip
+        if self.best_key in scalars:
+            self._consider(step, scalars[self.best_key])
         if scalars:
             self.metrics.log_scalars(step, scalars)
         return False

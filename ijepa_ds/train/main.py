@@ -13,7 +13,12 @@ from ijepa_ds.checkpoint.resume import agree_on_resume, load_checkpoint, prepare
 from ijepa_ds.checkpoint.saver import CheckpointHook
 from ijepa_ds.cli.train_cmd import add_train_arguments
 from ijepa_ds.config import ConfigError, load_config, validate_config, validate_paths
-from ijepa_ds.distributed import detect_dist_env, dist_timeout, init_distributed
+from ijepa_ds.distributed import (
+    detect_dist_env,
+    dist_timeout,
+    init_distributed,
+    shutdown_distributed,
+)
 from ijepa_ds.observability import get_logger, setup_logging
 from ijepa_ds.observability.logging import rank_log_file
 from ijepa_ds.train.ds_config import build_ds_config, zero_stage
@@ -104,6 +109,8 @@ def run_training(args: argparse.Namespace, on_policy=None) -> dict:
         evaluation = EvaluationHook(
             PretrainEvaluator(trainer), reporter.metrics, trainer.iterations_per_epoch, policy
         )
+        if resume_from is not None:
+            evaluation.resume(run_dir, start_step)
         hooks = [reporter, evaluation, saver, evaluation.mark_best(saver, run_dir, dist_env.rank)]
     try:
         losses = train_loop(trainer, start_step=start_step, hooks=hooks)
@@ -126,4 +133,5 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"ijepa-ds train: error: {err}", file=sys.stderr)
         return 2
+    shutdown_distributed()
     return 0

@@ -42,7 +42,13 @@ class IJEPAStudent(nn.Module):
 
 
 def build_encoder_from_config(model_cfg, img_size: int) -> VisionTransformer:
-    """The context encoder described by ``model_cfg`` (an ``ijepa_ds.config.ModelConfig``)."""
+    """The context encoder described by ``model_cfg`` (an ``ijepa_ds.config.ModelConfig``).
+
+    ``attn_impl="auto"`` is handed to the model as is: each attention call resolves it from its
+    activations (eager for bf16 on CPU, else SDPA; ``models.layers.resolve_attn_impl``, which
+    logs each resolution once), so the bf16 engine's student and the fp32 target under bf16
+    autocast, built from this encoder, both get the kernel their precision and device call for.
+    """
     overrides = dict(
         img_size=img_size,
         patch_size=model_cfg.patch_size,
@@ -77,4 +83,5 @@ def build_predictor_from_config(
         rescale_init=model_cfg.rescale_init,
         attn_impl=model_cfg.attn_impl,
         mask_gather=model_cfg.mask_gather,
+        prune_last_block=model_cfg.predictor_prune_last,
     )

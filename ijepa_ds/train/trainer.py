@@ -11,7 +11,7 @@ import torch
 from ijepa_ds.config import gradient_accumulation_steps
 from ijepa_ds.data import build_dataset, build_train_loader, build_train_transform
 from ijepa_ds.distributed import DistEnv
-from ijepa_ds.masks import MaskCollator, build_mask_sampler
+from ijepa_ds.masks import MaskCollator, build_mask_sampler_from_config
 from ijepa_ds.schedules import Schedule
 from ijepa_ds.train.engine import build_engine
 from ijepa_ds.train.student import (
@@ -77,25 +77,6 @@ def build_schedule(cfg, iterations_per_epoch: int) -> Schedule:
         final_weight_decay=s.final_weight_decay,
         momentum_start=cfg.ema.momentum_start,
         momentum_end=cfg.ema.momentum_end,
-    )
-
-
-def build_mask_sampler_from_config(cfg, global_batch_size: int, seed: int | None = None):
-    """The configured mask sampler; ``seed`` defaults to ``cfg.seed``."""
-    grid = cfg.data.crop_size // cfg.model.patch_size
-    m = cfg.mask
-    return build_mask_sampler(
-        m.compat,
-        grid_size=(grid, grid),
-        global_batch_size=global_batch_size,
-        seed=cfg.seed if seed is None else seed,
-        enc_mask_scale=m.enc_mask_scale,
-        pred_mask_scale=m.pred_mask_scale,
-        aspect_ratio=m.aspect_ratio,
-        nenc=m.num_enc_masks,
-        npred=m.num_pred_masks,
-        min_keep=m.min_keep,
-        allow_overlap=m.allow_overlap,
     )
 
 

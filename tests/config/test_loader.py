@@ -82,8 +82,8 @@ def test_string_fields_keep_the_raw_override_text():
 
 
 def test_a_whole_section_override_merges_key_by_key():
-    cfg = load_config("fmnist_tiny", ["ema={momentum_start: 0.99}"])
-    assert (cfg.ema.momentum_start, cfg.ema.momentum_end) == (0.99, 1.0)
+    cfg = load_config("fmnist_tiny", ["ema={momentum_start: 0.98}"])
+    assert (cfg.ema.momentum_start, cfg.ema.momentum_end) == (0.98, 0.999)
     assert cfg.data.crop_size == 28
 
 

@@ -19,7 +19,8 @@ EXPECTED_FIELDS = {
     "min_keep allow_overlap",
     "model": "name patch_size in_chans embed_dim depth num_heads mlp_ratio qkv_bias "
     "drop_path_rate norm_eps init_std rescale_init attn_impl mask_gather pred_depth pred_emb_dim "
-    "pred_num_heads act_ckpt_encoder act_ckpt_predictor act_ckpt_impl act_ckpt_cpu_offload",
+    "pred_num_heads predictor_prune_last act_ckpt_encoder act_ckpt_predictor act_ckpt_impl "
+    "act_ckpt_cpu_offload",
     "optim": "betas eps gradient_clipping precision",
     "schedule": "epochs warmup_epochs start_lr lr final_lr weight_decay final_weight_decay "
     "ipe_scale max_steps",
@@ -30,7 +31,8 @@ EXPECTED_FIELDS = {
     "deepspeed": "config zero_stage offload_optimizer offload_param",
     "eval": "knn_k knn_temperature linear_lrs linear_wds linear_epochs feature_pool batch_size "
     "val_every_epochs low_shot_fractions pretrain_val_every_epochs pretrain_val_samples "
-    "health_every_steps health_train_samples health_val_samples collapse_std_threshold",
+    "health_every_steps health_train_samples health_val_samples collapse_std_threshold "
+    "best_metric",
 }
 
 

@@ -21,7 +21,8 @@ INVALID = [
     (["data.crop_size=100"], "model.patch_size=16", "must divide data.crop_size=100"),
     (["model.patch_size=0"], "model.patch_size=0", "must be > 0"),
     (["data.dataset=imagenet"], "data.dataset='imagenet'", "must be one of"),
-    (["model.attn_impl=flash"], "model.attn_impl='flash'", "must be one of ['sdpa', 'eager']"),
+    (["model.attn_impl=flash"], "model.attn_impl='flash'",
+     "must be one of ['auto', 'sdpa', 'eager']"),
     (["loss.kind=smooth_l2"], "loss.kind='smooth_l2'", "did you mean 'smooth_l1'?"),
     (["optim.precision=fp16"], "optim.precision='fp16'", "must be one of ['bf16', 'fp32']"),
     (["mask.compat=official"], "mask.compat='official'", "must be one of"),
@@ -66,6 +67,7 @@ INVALID = [
     (["eval.knn_temperature=0"], "eval.knn_temperature=0.0", "> 0"),
     (["eval.low_shot_fractions=[0.0]"], "eval.low_shot_fractions=(0.0,)", "(0, 1]"),
     (["eval.linear_lrs=[]"], "eval.linear_lrs=()", "non-empty"),
+    (["eval.best_metric=knn"], "eval.best_metric='knn'", "eval.health_every_steps > 0"),
     (["seed=-1"], "seed=-1", "[0, 2**32)"),
     (["model.drop_path_rate=1.0"], "model.drop_path_rate=1.0", "[0, 1)"),
 ]  # fmt: skip
@@ -92,9 +94,20 @@ def test_the_defaults_and_valid_edge_values_pass():
                 "model.act_ckpt_impl=deepspeed",
                 "model.act_ckpt_cpu_offload=true",
                 "deepspeed.offload_param=true",  # zero_stage -1: the JSON decides
+                "eval.best_metric=knn",
+                "eval.health_every_steps=100",
             ],
         )
     )
+
+
+@pytest.mark.parametrize("attn_impl", ["auto", "sdpa", "eager"])
+def test_every_attention_choice_is_valid_and_auto_is_the_default(attn_impl):
+    assert Config().model.attn_impl == "auto"
+    cfg = load_config(None, [f"model.attn_impl={attn_impl}", "model.predictor_prune_last=false"])
+    validate_config(cfg)
+    assert cfg.model.attn_impl == attn_impl and cfg.model.predictor_prune_last is False
+    assert Config().model.predictor_prune_last is True
 
 
 def test_all_broken_rules_are_reported_together():

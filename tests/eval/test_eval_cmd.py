@@ -15,7 +15,7 @@ from ijepa_ds.cli.main import build_parser
 from ijepa_ds.config import ConfigError, config_from_dict, dump_yaml
 from ijepa_ds.eval import features as features_module
 from ijepa_ds.models import VisionTransformer
-from tests.helpers import REPO, cpu_env
+from tests.helpers import REPO, cpu_env, torchrun
 
 RUN_CONFIG = {
     "data": {
@@ -164,3 +164,17 @@ def test_importing_the_command_does_not_import_torch():
         check=True,
     )
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_ranks_give_the_single_process_result(run_dir, tmp_path):
+    """``torchrun -m ijepa_ds eval knn`` on 2 ranks: sharded extraction, same neighbours."""
+    assert ijepa_eval("knn", str(run_dir), "--out", str(tmp_path / "one")) == 0
+    # A separate --out, so a separate feature cache: both runs extract.
+    proc = torchrun(
+        2, "-m", "ijepa_ds", "eval", "knn", str(run_dir), "--out", str(tmp_path / "two")
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (json.loads((tmp_path / d / "knn.json").read_text()) for d in ("one", "two"))
+    assert two["world_size"] == 2 and one["results"] == two["results"]

@@ -12,85 +12,16 @@ from ijepa_ds.interop.consolidated import (
     ConsolidatedError,
     build_models,
     load_consolidated,
-    make_consolidated,
     save_consolidated,
 )
-from ijepa_ds.models import VisionTransformer, VisionTransformerPredictor
-from ijepa_ds.train.param_groups import build_param_groups
-
-ENC_KW = dict(
-    img_size=16,
-    patch_size=4,
-    in_chans=3,
-    embed_dim=32,
-    depth=2,
-    num_heads=2,
-    mlp_ratio=4.0,
-    qkv_bias=True,
-    norm_eps=1e-6,
+from ijepa_ds.models import VisionTransformer
+from tests.interop.helpers import (
+    ENC_KW,
+    CodeRunningPickle,
+    assert_same,
+    native_consolidated,
+    write_truncated,
 )
-PRED_KW = dict(
-    grid_size=(4, 4),
-    embed_dim=32,
-    predictor_embed_dim=16,
-    depth=1,
-    num_heads=2,
-    mlp_ratio=4.0,
-    qkv_bias=True,
-    norm_eps=1e-6,
-)
-
-
-def native_consolidated() -> dict:
-    """Small models after one real AdamW step in the 4 reference groups, as a consolidated dict."""
-    torch.manual_seed(0)
-    encoder, predictor = VisionTransformer(**ENC_KW), VisionTransformerPredictor(**PRED_KW)
-    target = copy.deepcopy(encoder)
-    opt = torch.optim.AdamW(build_param_groups(encoder, predictor), lr=1e-3, weight_decay=0.04)
-    for group in opt.param_groups:
-        for p in group["params"]:
-            p.grad = torch.randn_like(p)
-    opt.step()
-    names = {id(p): f"encoder.{n}" for n, p in encoder.named_parameters()}
-    names.update({id(p): f"predictor.{n}" for n, p in predictor.named_parameters()})
-    optimizer = {
-        "param_groups": [
-            {
-                **{k: v for k, v in g.items() if k != "params"},
-                "params": [names[id(p)] for p in g["params"]],
-            }
-            for g in opt.param_groups
-        ],
-        "state": {names[id(p)]: dict(s) for p, s in opt.state.items()},
-    }
-    return make_consolidated(
-        {k: v.detach() for k, v in encoder.state_dict().items()},
-        {k: v.detach() for k, v in predictor.state_dict().items()},
-        {k: v.detach() for k, v in target.state_dict().items()},
-        ENC_KW,
-        PRED_KW,
-        config={"model": {"name": "vit_tiny", "crop_scale": [0.3, 1.0]}},
-        step=1,
-        epoch=0,
-        optimizer=optimizer,
-        metadata={"loss": 0.5, "world_size": 2},
-    )
-
-
-def assert_same(a, b, path="") -> None:
-    """Recursive equality; tensors bit-equal with the same dtype and shape."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), (path, set(a) ^ set(b))
-        for k in a:
-            assert_same(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert type(a) is type(b) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, (path, a, b)
 
 
 @pytest.fixture(scope="module")
@@ -153,20 +84,10 @@ def test_failed_write_keeps_the_previous_file(tmp_path, native, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
 
 
-class _Payload:
-    """Unpickling this would create a file: the loader must refuse before that happens."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
 def test_unsafe_pickle_is_refused_without_running_it(tmp_path, native):
     marker = tmp_path / "code_ran"
     path = tmp_path / "evil.pt"
-    torch.save({**native, "extra": _Payload(marker)}, path)
+    torch.save({**native, "extra": CodeRunningPickle(marker)}, path)
     assert not marker.exists()  # pickling only records the call
     with pytest.raises(ConsolidatedError, match=r"evil\.pt: refused.*arbitrary unpickling"):
         load_consolidated(path)
@@ -175,9 +96,7 @@ def test_unsafe_pickle_is_refused_without_running_it(tmp_path, native):
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_truncated_file_error_names_the_file(tmp_path, native, suffix):
-    path = save_consolidated(native, tmp_path / f"cut{suffix}")
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
+    path = write_truncated(save_consolidated(native, tmp_path / f"cut{suffix}"))
     with pytest.raises(ValueError, match=rf"cut\{suffix}: unreadable.*truncated or corrupt"):
         load_consolidated(path)
 

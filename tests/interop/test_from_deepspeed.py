@@ -3,8 +3,9 @@
 Run as a script (under torchrun, see `write_deepspeed_runs`) this file is also the worker:
 for each (ZeRO stage, precision) it trains 2 steps of a tiny model, saves a checkpoint with
 the trainer's own saver and, next to it, the engine's own fp32 master weights and AdamW
-moments gathered with DeepSpeed's APIs at save time (`expected.pt`). The encoder's MLP ratio
-gives fc1 195 outputs, an odd size, so ZeRO-3 pads and ZeRO 1/2 align across the 2 ranks.
+moments gathered with DeepSpeed's APIs at save time (`expected.pt`). The run is the ZeRO
+equivalence test's tiny setup (`OVERRIDES` of `tests/train/equivalence_worker.py`) with an MLP
+ratio giving fc1 195 outputs, an odd size, so ZeRO-3 pads and ZeRO 1/2 align across 2 ranks.
 """
 
 from __future__ import annotations
@@ -17,38 +18,13 @@ import pytest
 import torch
 
 from tests.helpers import assert_ok, cpu_env, torchrun
+from tests.interop.helpers import assert_same
+from tests.train.equivalence_worker import OVERRIDES as EQUIVALENCE_OVERRIDES
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 RUNS = ("0:bf16", "1:fp32", "2:bf16", "3:bf16")
 STEPS = 2
-OVERRIDES = [
-    "data.dataset=synthetic",
-    "data.synthetic_size=16",
-    "data.crop_size=32",
-    "data.normalize_mean=[0.5,0.5,0.5]",
-    "data.normalize_std=[0.25,0.25,0.25]",
-    "data.batch_size=2",
-    "data.global_batch_size=4",
-    "data.num_workers=0",
-    "data.pin_memory=false",
-    "data.persistent_workers=false",
-    "model.name=vit_tiny",
-    "model.patch_size=4",
-    "model.in_chans=3",
-    "model.embed_dim=48",
-    "model.depth=2",
-    "model.num_heads=3",
-    "model.mlp_ratio=4.0625",
-    "model.pred_depth=1",
-    "model.pred_emb_dim=24",
-    "model.pred_num_heads=2",
-    "mask.min_keep=2",
-    "schedule.epochs=2",
-    "schedule.warmup_epochs=0.5",
-    f"schedule.max_steps={STEPS}",
-    "logging.tensorboard=false",
-    "logging.jsonl=false",
-]
+OVERRIDES = [*EQUIVALENCE_OVERRIDES, "model.mlp_ratio=4.0625", f"schedule.max_steps={STEPS}"]
 
 
 def write_deepspeed_runs(root: Path, runs: tuple[str, ...] = RUNS, nproc: int = 2) -> dict:
@@ -239,11 +215,10 @@ def test_optimizer_moments_and_groups(runs, converted, run):
 @pytest.mark.parametrize("run", ["1:fp32", "3:bf16"])
 def test_reference_round_trip_is_lossless(tmp_path, converted, run):
     from ijepa_ds.interop.reference_export import from_reference, save_reference, to_reference
-    from tests.interop.test_consolidated import assert_same
 
     ours = converted[run]
     path = save_reference(to_reference(ours), tmp_path / "run.pth.tar")
-    back = from_reference(path, num_heads=3, pred_num_heads=2)
+    back = from_reference(path, num_heads=3, pred_num_heads=3)
     for key in (
         "encoder",
         "predictor",
@@ -262,7 +237,7 @@ def test_metadata_and_architecture(runs, converted):
     assert got["step"] == STEPS and got["epoch"] == 0
     assert got["metadata"]["world_size"] == 2 and got["metadata"]["zero_stage"] == 3
     assert (
-        got["encoder_kwargs"]["mlp_ratio"] == 4.0625 and got["predictor_kwargs"]["num_heads"] == 2
+        got["encoder_kwargs"]["mlp_ratio"] == 4.0625 and got["predictor_kwargs"]["num_heads"] == 3
     )
     assert got["config"]["model"]["embed_dim"] == 48
 

@@ -10,9 +10,9 @@ from torch import nn
 from ijepa_ds.interop.consolidated import build_models, load_consolidated, save_consolidated
 from ijepa_ds.interop.reference_ckpt import load_reference_checkpoint
 from ijepa_ds.interop.reference_export import from_reference, save_reference, to_reference
-from ijepa_ds.models import VisionTransformer, build_predictor
+from ijepa_ds.models import VisionTransformer
 from ijepa_ds.train.param_groups import build_param_groups
-from tests.interop.test_consolidated import assert_same, native_consolidated
+from tests.interop.helpers import assert_same, native_consolidated, reference_models
 
 TOL = 1e-5
 
@@ -37,25 +37,7 @@ class DDP(nn.Module):
 
 def reference_layout(model: dict):
     """Models and AdamW exactly as the reference training script builds them."""
-    encoder = VisionTransformer(
-        img_size=model["img_size"],
-        patch_size=model["patch_size"],
-        embed_dim=model["embed_dim"],
-        depth=model["depth"],
-        num_heads=model["num_heads"],
-        mlp_ratio=model["mlp_ratio"],
-    )
-    predictor = build_predictor(
-        encoder, predictor_embed_dim=model["pred_embed_dim"], depth=model["pred_depth"]
-    )
-    target = VisionTransformer(
-        img_size=model["img_size"],
-        patch_size=model["patch_size"],
-        embed_dim=model["embed_dim"],
-        depth=model["depth"],
-        num_heads=model["num_heads"],
-        mlp_ratio=model["mlp_ratio"],
-    )
+    encoder, predictor, target = reference_models(model)
     opt = torch.optim.AdamW(build_param_groups(encoder, predictor, include_frozen=True))
     return DDP(encoder), DDP(predictor), DDP(target), opt
 
@@ -81,7 +63,7 @@ def test_architecture_is_inferred(ours, reference_expected):
 def test_fixture_gives_the_reference_outputs(ours, fixture_path, reference_expected):
     exp = reference_expected
     encoder, predictor, target = build_models(ours)
-    direct = VisionTransformer(img_size=48, patch_size=4, embed_dim=96, depth=3, num_heads=3)
+    direct = reference_models(exp["model"])[0]
     direct.load_state_dict(load_reference_checkpoint(fixture_path).encoder)
     with torch.no_grad():
         out = encoder(exp["imgs"])

@@ -5,7 +5,6 @@ reference code: a checkpoint after three training steps plus the outputs of its 
 target encoder, predictor and loss for fixed images and masks.
 """
 
-import os
 import pickle
 from pathlib import Path
 
@@ -18,66 +17,29 @@ from ijepa_ds.interop import (
     strip_module_prefix,
 )
 from ijepa_ds.loss import jepa_loss, make_targets
-from ijepa_ds.models import (
-    VisionTransformer,
-    apply_attn_impl,
-    build_predictor,
-    get_2d_sincos_pos_embed,
-)
+from ijepa_ds.models import apply_attn_impl, build_predictor, get_2d_sincos_pos_embed
+from tests.interop.helpers import CodeRunningPickle, reference_models, tiny_encoder, write_truncated
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_FIXTURE_DIR = REPO_ROOT.parent / "shared" / "fixtures" / "official_ijepa"
 TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def fixture_dir() -> Path:
-    path = Path(os.environ.get("IJEPA_REFERENCE_FIXTURE_DIR", DEFAULT_FIXTURE_DIR))
-    if not (path / "official_tiny.pth.tar").is_file() or not (path / "expected.pt").is_file():
-        pytest.skip(
-            f"reference fixture not found in {path} (set IJEPA_REFERENCE_FIXTURE_DIR to the "
-            f"folder holding official_tiny.pth.tar and expected.pt)"
-        )
+def fixture_dir(reference_fixture_dir: Path) -> Path:
+    path = reference_fixture_dir
+    if not (path / "official_tiny.pth.tar").is_file():
+        pytest.skip(f"reference fixture checkpoint official_tiny.pth.tar not found in {path}")
     return path
 
 
 @pytest.fixture(scope="module")
-def expected(fixture_dir: Path) -> dict:
-    # weights_only=False: expected.pt is our own trusted fixture and holds plain Python
-    # values (model numbers, schedule settings) next to the tensors.
-    return torch.load(fixture_dir / "expected.pt", map_location="cpu", weights_only=False)
-
-
-@pytest.fixture(scope="module")
-def models(fixture_dir: Path, expected: dict) -> dict:
+def models(fixture_dir: Path, reference_expected: dict) -> dict:
     """Encoder, predictor and target encoder built from the fixture's numbers, strictly loaded."""
     ckpt = load_reference_checkpoint(fixture_dir / "official_tiny.pth.tar")
-    cfg = expected["model"]
-
-    def encoder() -> VisionTransformer:
-        return VisionTransformer(
-            img_size=cfg["img_size"],
-            patch_size=cfg["patch_size"],
-            embed_dim=cfg["embed_dim"],
-            depth=cfg["depth"],
-            num_heads=cfg["num_heads"],
-            mlp_ratio=cfg["mlp_ratio"],
-            qkv_bias=cfg["qkv_bias"],
-            norm_eps=cfg["norm_eps"],
-        )
-
-    built = {"encoder": encoder(), "target_encoder": encoder()}
-    built["predictor"] = build_predictor(
-        built["encoder"],
-        predictor_embed_dim=cfg["pred_embed_dim"],
-        depth=cfg["pred_depth"],
-        mlp_ratio=cfg["mlp_ratio"],
-        qkv_bias=cfg["qkv_bias"],
-        norm_eps=cfg["norm_eps"],
-    )
+    encoder, predictor, target = reference_models(reference_expected["model"])
+    built = {"encoder": encoder, "predictor": predictor, "target_encoder": target}
     fresh_tables = {
-        "encoder": built["encoder"].pos_embed.detach().clone(),
-        "predictor": built["predictor"].predictor_pos_embed.detach().clone(),
+        "encoder": encoder.pos_embed.detach().clone(),
+        "predictor": predictor.predictor_pos_embed.detach().clone(),
     }
     for name, model in built.items():
         model.load_state_dict(getattr(ckpt, name), strict=True)
@@ -90,7 +52,8 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
-def test_checkpoint_metadata_and_prefix(fixture_dir: Path, expected: dict) -> None:
+def test_checkpoint_metadata_and_prefix(fixture_dir: Path, reference_expected: dict) -> None:
+    expected = reference_expected
     ckpt = load_reference_checkpoint(fixture_dir / "official_tiny.pth.tar")
     assert ckpt.metadata["epoch"] == 1
     assert ckpt.metadata["batch_size"] == expected["imgs"].shape[0]
@@ -110,7 +73,10 @@ def test_fresh_sincos_tables_equal_stored_reference_tables(models: dict) -> None
 
 @pytest.mark.parametrize("attn_impl", ["sdpa", "eager"])
 @torch.no_grad()
-def test_reproduces_reference_outputs(models: dict, expected: dict, attn_impl: str) -> None:
+def test_reproduces_reference_outputs(
+    models: dict, reference_expected: dict, attn_impl: str
+) -> None:
+    expected = reference_expected
     enc, target_enc, pred = models["encoder"], models["target_encoder"], models["predictor"]
     for model in (enc, target_enc, pred):
         apply_attn_impl(model, attn_impl)
@@ -135,26 +101,21 @@ def test_reproduces_reference_outputs(models: dict, expected: dict, attn_impl: s
 
 
 def test_loader_refuses_code_executing_pickle(tmp_path: Path) -> None:
-    class RunsCode:
-        def __reduce__(self):
-            return (os.getpid, ())
-
+    marker = tmp_path / "code_ran"
     path = tmp_path / "malicious.pth.tar"
-    torch.save({"encoder": RunsCode(), "predictor": {}, "target_encoder": {}}, path)
+    torch.save({"encoder": CodeRunningPickle(marker), "predictor": {}, "target_encoder": {}}, path)
     with pytest.raises(ReferenceCheckpointError, match="arbitrary unpickling") as info:
         load_reference_checkpoint(path)
     assert str(path) in str(info.value)
     assert isinstance(info.value.__cause__, pickle.UnpicklingError)
+    assert not marker.exists()
 
 
 def test_loader_names_truncated_file(tmp_path: Path) -> None:
-    enc = VisionTransformer(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2)
+    sd = tiny_encoder(patch_size=8, embed_dim=16, depth=1).state_dict()
     whole = tmp_path / "whole.pth.tar"
-    sd = enc.state_dict()
     torch.save({"encoder": sd, "predictor": {}, "target_encoder": sd}, whole)
-    data = whole.read_bytes()
-    path = tmp_path / "truncated.pth.tar"
-    path.write_bytes(data[: len(data) // 2])
+    path = write_truncated(whole, tmp_path / "truncated.pth.tar")
     with pytest.raises(ReferenceCheckpointError, match="truncated or corrupt") as info:
         load_reference_checkpoint(path)
     assert str(path) in str(info.value)
@@ -174,7 +135,7 @@ def test_loader_names_missing_and_foreign_files(tmp_path: Path) -> None:
 
 
 def test_loader_round_trips_a_reference_layout_file(tmp_path: Path) -> None:
-    enc = VisionTransformer(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2)
+    enc = tiny_encoder(patch_size=8, embed_dim=16, depth=1)
     pred = build_predictor(enc, predictor_embed_dim=8, depth=1, num_heads=2)
     prefixed = {f"module.{k}": v for k, v in enc.state_dict().items()}
     path = tmp_path / "ref.pth.tar"

@@ -13,27 +13,14 @@ from ijepa_ds.interop.timm_export import (
     load_timm_export,
     timm_state_dict,
 )
-from ijepa_ds.models import VisionTransformer, VisionTransformerPredictor
+from tests.interop.helpers import encoder_kwargs, predictor_kwargs_for, tiny_models
 
 TOL = 1e-5
 
 
 def _consolidated(enc_kw: dict) -> dict:
-    torch.manual_seed(0)
-    encoder = VisionTransformer(**enc_kw)
-    grid = (
-        enc_kw["img_size"][0] // enc_kw["patch_size"],
-        enc_kw["img_size"][1] // enc_kw["patch_size"],
-    )
-    pred_kw = dict(
-        grid_size=grid,
-        embed_dim=enc_kw["embed_dim"],
-        predictor_embed_dim=16,
-        depth=1,
-        num_heads=2,
-        norm_eps=enc_kw["norm_eps"],
-    )
-    predictor = VisionTransformerPredictor(**pred_kw)
+    pred_kw = predictor_kwargs_for(enc_kw)
+    encoder, predictor = tiny_models(enc_kw, pred_kw)
     with torch.no_grad():  # non-trivial LayerNorm affines, so a wrong norm placement shows
         for name, p in encoder.named_parameters():
             if "norm" in name:
@@ -67,17 +54,7 @@ def test_fixture_target_encoder_in_timm(reference_fixture_dir, reference_expecte
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_exported_file_loads_into_timm(tmp_path, suffix):
-    enc_kw = dict(
-        img_size=(16, 24),
-        patch_size=4,
-        in_chans=1,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        mlp_ratio=3.0,
-        qkv_bias=True,
-        norm_eps=1e-5,
-    )
+    enc_kw = encoder_kwargs(img_size=(16, 24), in_chans=1, mlp_ratio=3.0, norm_eps=1e-5)
     consolidated = _consolidated(enc_kw)
     path = export_timm(consolidated, tmp_path / f"target{suffix}")
     state, kwargs = load_timm_export(path)
@@ -89,17 +66,7 @@ def test_exported_file_loads_into_timm(tmp_path, suffix):
 
 def test_the_norm_epsilon_matters(tmp_path):
     """Guards the test above: timm's default LayerNorm (eps 1e-6) would differ at eps 1e-2."""
-    enc_kw = dict(
-        img_size=(16, 16),
-        patch_size=4,
-        in_chans=3,
-        embed_dim=32,
-        depth=1,
-        num_heads=2,
-        mlp_ratio=4.0,
-        qkv_bias=True,
-        norm_eps=1e-2,
-    )
+    enc_kw = encoder_kwargs(img_size=(16, 16), depth=1, norm_eps=1e-2)
     consolidated = _consolidated(enc_kw)
     model = build_timm_model({**enc_kw, "norm_eps": 1e-6})
     model.load_state_dict(timm_state_dict(consolidated["target_encoder"]), strict=True)
@@ -108,16 +75,6 @@ def test_the_norm_epsilon_matters(tmp_path):
 
 
 def test_export_refuses_unknown_suffix(tmp_path):
-    enc_kw = dict(
-        img_size=(16, 16),
-        patch_size=4,
-        in_chans=3,
-        embed_dim=32,
-        depth=1,
-        num_heads=2,
-        mlp_ratio=4.0,
-        qkv_bias=True,
-        norm_eps=1e-6,
-    )
+    enc_kw = encoder_kwargs(img_size=(16, 16), depth=1)
     with pytest.raises(ValueError, match=r"model\.bin: a timm export ends in"):
         export_timm(_consolidated(enc_kw), tmp_path / "model.bin")

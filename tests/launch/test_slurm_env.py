@@ -23,14 +23,7 @@ from ijepa_ds.launch.job import (
     preemption_signal,
     resolve_run_name,
 )
-from ijepa_ds.launch.slurm import (
-    add_slurm_arguments,
-    dry_run_text,
-    expand_sweep,
-    parse_time,
-    sbatch_options,
-    split_values,
-)
+from ijepa_ds.launch.slurm import add_slurm_arguments, dry_run_text, parse_time, sbatch_options
 
 
 @dataclass
@@ -256,19 +249,6 @@ def test_signal_must_come_before_the_time_limit():
 def test_memory_must_be_a_size():
     with pytest.raises(ConfigError, match="--mem"):
         sbatch_options(_slurm_args("--mem", "lots"), "/c")
-
-
-def test_sweep_values_split_outside_brackets():
-    assert split_values("a,[0.3,1.0],b") == ["a", "[0.3,1.0]", "b"]
-    grid = expand_sweep(["schedule.lr=1e-3,5e-4", "data.crop_scale=[0.3,1.0],[0.5,1.0]"])
-    assert grid == [
-        ["schedule.lr=1e-3", "data.crop_scale=[0.3,1.0]"],
-        ["schedule.lr=1e-3", "data.crop_scale=[0.5,1.0]"],
-        ["schedule.lr=5e-4", "data.crop_scale=[0.3,1.0]"],
-        ["schedule.lr=5e-4", "data.crop_scale=[0.5,1.0]"],
-    ]
-    with pytest.raises(ConfigError, match="KEY=V1,V2"):
-        expand_sweep(["schedule.lr"])
 
 
 def test_sweep_is_one_array_with_a_run_per_value(tmp_path):

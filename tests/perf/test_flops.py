@@ -85,6 +85,7 @@ def test_counts_agree_with_torch_flop_counter_on_the_real_modules():
         k_pred=3,
         nenc=1,
         npred=4,
+        prune_last=True,  # the predictor's default, which _real_modules builds
     )
     enc, pred = _real_modules(shape)
     batch = 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ijepa_ds.cli.main import build_parser
@@ -81,3 +83,21 @@ def test_expected_tokens_follow_the_mask_scales():
     k_enc, k_pred = expected_tokens(cfg, global_batch=2048, steps=8)
     assert 0.15 * 256 <= k_pred <= 0.2 * 256 * 1.1
     assert 0 < k_enc < 256 - k_pred
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_planner_reads_the_buckets_of_the_deepspeed_json(tmp_path, stage):
+    shipped = plan(load_config("vit_h14_in1k", [f"deepspeed.config=zero{stage}"]), 16, 80)
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"zero_optimization": {"stage": stage}}))
+    default = plan(load_config("vit_h14_in1k", [f"deepspeed.config={bare}"]), 16, 80)
+    assert shipped.engine.reduce_bucket_size == 50_000_000
+    assert default.engine.reduce_bucket_size == 500_000_000  # DeepSpeed's own default
+    lp = 2  # bf16
+    if stage < 3:  # the bucket is allocated during the backward
+        saved = default.estimate.bwd_transient - shipped.estimate.bwd_transient
+        assert saved == lp * (500_000_000 - 50_000_000)
+    else:  # kept gathered: about half the reuse distance (1e8 shipped, 1e9 by default)
+        assert shipped.estimate.gathered == lp * 50_000_000
+        assert default.estimate.gathered == lp * 500_000_000
+        assert shipped.estimate.grad_buffers < default.estimate.grad_buffers

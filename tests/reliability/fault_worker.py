@@ -28,6 +28,7 @@ import torch
 
 from ijepa_ds.checkpoint import saver
 from ijepa_ds.data import loader as data_loader
+from ijepa_ds.distributed import shutdown_distributed
 from ijepa_ds.train import loop
 from ijepa_ds.train import main as train_main
 from tests.train.equivalence_worker import OVERRIDES
@@ -108,3 +109,4 @@ def main(out_prefix: str, run_root: str, run_name: str, fault: str, resume: str,
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
+    shutdown_distributed()

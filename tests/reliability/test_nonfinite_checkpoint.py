@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ijepa_ds.checkpoint.verify import engine_files, load_train_state
-from ijepa_ds.interop.from_deepspeed import _load_ds_file
+from ijepa_ds.interop.zero_checkpoint import load_ds_file
 
 
 def _tensors(obj):
@@ -42,6 +42,6 @@ def test_checkpoint_files_hold_only_finite_values(trained_run, step):
     files = engine_files(folder, load_train_state(folder))
     assert len(files) == 3  # model states + one optimizer shard per rank (ZeRO 1)
     for path in files:
-        floats = [t for t in _tensors(_load_ds_file(path, None)) if t.is_floating_point()]
+        floats = [t for t in _tensors(load_ds_file(path, None)) if t.is_floating_point()]
         assert floats, path
         assert all(torch.isfinite(t).all() for t in floats), path

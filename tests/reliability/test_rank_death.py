@@ -19,7 +19,6 @@ def test_killed_rank_ends_the_job_and_resume_loses_at_most_the_interval(tmp_path
     assert killed.returncode != 0, killed.describe()
     # torchrun's agent sees the dead rank, tears the other down and names the culprit.
     assert "Signal 9 (SIGKILL)" in killed.stderr and "rank      : 1" in killed.stderr
-    assert 1 not in killed.ranks  # the dead rank never reported
     assert killed.seconds < 120, "the surviving rank must not wait for a process-group timeout"
     run_dir = tmp_path / "runs" / "job"
     assert checkpoint_names(run_dir) == ["step_00000002"]

@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from ijepa_ds.distributed import detect_dist_env, init_distributed
+from ijepa_ds.distributed import detect_dist_env, init_distributed, shutdown_distributed
 from ijepa_ds.loss import jepa_loss, make_targets
 from ijepa_ds.masks import MultiBlockMaskSampler
 from ijepa_ds.models import build_encoder, build_predictor
@@ -69,3 +69,4 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    shutdown_distributed()

@@ -13,6 +13,7 @@ import sys
 import torch
 import torch.distributed as dist
 
+from ijepa_ds.distributed import shutdown_distributed
 from tests.train.run_helpers import gathered_params, run_training_keep_trainer, tiny_overrides
 
 
@@ -31,3 +32,4 @@ def main(out: str, run_root: str, name: str, stage: int, max_steps: int, resume:
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]),
          sys.argv[6] if len(sys.argv) > 6 else "")  # fmt: skip
+    shutdown_distributed()

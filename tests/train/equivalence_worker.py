@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from ijepa_ds.config import load_config
 from ijepa_ds.data import PositionDataset
-from ijepa_ds.distributed import detect_dist_env, init_distributed
+from ijepa_ds.distributed import detect_dist_env, init_distributed, shutdown_distributed
 from ijepa_ds.loss import jepa_loss, make_targets
 from ijepa_ds.train.ds_config import build_ds_config
 from ijepa_ds.train.loop import train_loop
@@ -151,3 +151,4 @@ def main(out_path: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    shutdown_distributed()

@@ -11,7 +11,7 @@ import sys
 import torch.distributed as dist
 
 from ijepa_ds.config import load_config
-from ijepa_ds.distributed import detect_dist_env, init_distributed
+from ijepa_ds.distributed import detect_dist_env, init_distributed, shutdown_distributed
 from ijepa_ds.train.ds_config import build_ds_config
 from ijepa_ds.train.evaluation import PretrainEvaluator
 from ijepa_ds.train.loop import train_loop
@@ -39,3 +39,4 @@ def main(out: str, stage: int) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]))
+    shutdown_distributed()

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from ijepa_ds.data import loader as data_loader
+from ijepa_ds.distributed import shutdown_distributed
 from ijepa_ds.observability.nonfinite import NonFiniteLossError
 from tests.train.run_helpers import run_training_keep_trainer, tiny_overrides
 
@@ -45,3 +46,4 @@ def main(out: str, run_root: str, mode: str) -> None:
 
 if __name__ == "__main__":
     main(*sys.argv[1:4])
+    shutdown_distributed()

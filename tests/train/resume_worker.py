@@ -11,6 +11,7 @@ import sys
 
 import torch.distributed as dist
 
+from ijepa_ds.distributed import shutdown_distributed
 from tests.train.run_helpers import gathered_params, run_training_keep_trainer, tiny_overrides
 
 TOTAL, STOP = 6, 3
@@ -44,3 +45,4 @@ def main(out: str, run_root: str, stage: int, precision: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    shutdown_distributed()
