@@ -63,7 +63,7 @@ def worker(out: str, root: str, stage: int, repeats: int) -> None:
     from ijepa_ds.checkpoint.resume import load_checkpoint
     from ijepa_ds.checkpoint.saver import save_checkpoint, target_state_dict
     from ijepa_ds.config import load_config
-    from ijepa_ds.distributed import detect_dist_env, init_distributed
+    from ijepa_ds.distributed import detect_dist_env, init_distributed, shutdown_distributed
     from ijepa_ds.train.ds_config import build_ds_config
     from ijepa_ds.train.loop import train_loop
     from ijepa_ds.train.trainer import build_trainer
@@ -112,6 +112,7 @@ def worker(out: str, root: str, stage: int, repeats: int) -> None:
     if env.rank == 0:
         with open(out, "w") as f:
             json.dump(rows, f)
+    shutdown_distributed()
 
 
 def _median(values):

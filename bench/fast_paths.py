@@ -31,10 +31,9 @@ import time
 
 import common  # sets OMP_NUM_THREADS, puts the repo on sys.path
 import torch
-import torch.distributed as dist
 
 from ijepa_ds.config import load_config
-from ijepa_ds.distributed import detect_dist_env, init_distributed
+from ijepa_ds.distributed import detect_dist_env, init_distributed, shutdown_distributed
 from ijepa_ds.models.layers import resolve_attn_impl
 from ijepa_ds.perf.flops import StepShape, linear_flops, mfu, shape_from_config, step_flops
 from ijepa_ds.train.ds_config import build_ds_config
@@ -287,8 +286,7 @@ def main() -> None:
         print(text)
         if args.out:
             common.write_result(args.out, text)
-    dist.barrier()
-    torch.distributed.destroy_process_group()
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from memory_probe import SavedTensors, allocation_peak, held_bytes
 
 from ijepa_ds.config import load_config
-from ijepa_ds.distributed import detect_dist_env, init_distributed
+from ijepa_ds.distributed import detect_dist_env, init_distributed, shutdown_distributed
 from ijepa_ds.perf.flops import shape_from_config
 from ijepa_ds.perf.memory import ActivationSettings, EngineSettings, estimate_memory
 from ijepa_ds.train.ds_config import build_ds_config
@@ -204,6 +204,7 @@ def main() -> None:
     init_distributed(env)
     start = common.machine_info()
     results = {label: run_case(env, CASES[label]) for label in args.cases}
+    shutdown_distributed()
     if env.rank != 0:
         return
     command = (

@@ -34,7 +34,11 @@ from memory_probe import allocation_peak, held_bytes  # noqa: E402
 
 import ijepa_ds.train.loop as loop  # noqa: E402
 from ijepa_ds.config import load_config  # noqa: E402
-from ijepa_ds.distributed import detect_dist_env, init_distributed  # noqa: E402
+from ijepa_ds.distributed import (  # noqa: E402
+    detect_dist_env,
+    init_distributed,
+    shutdown_distributed,
+)
 from ijepa_ds.perf.flops import mfu, shape_from_config, step_flops  # noqa: E402
 from ijepa_ds.train.ds_config import build_ds_config  # noqa: E402
 from ijepa_ds.train.step import compute_loss, move_batch  # noqa: E402
@@ -235,7 +239,7 @@ def main() -> None:
         print(text)
         if args.out:
             common.write_result(args.out, text)
-    dist.barrier()
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

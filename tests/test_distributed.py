@@ -119,3 +119,29 @@ def test_shutdown_destroys_every_group_and_is_idempotent():
     proc = subprocess.run([sys.executable, "-c", SHUTDOWN_SCRIPT], env=cpu_env(),
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+STARTS = ("init_distributed(", "init_process_group(")
+ENDS = ("shutdown_distributed(", "destroy_process_group(")
+
+
+def test_every_script_that_starts_a_group_destroys_it():
+    """A gloo group left to the interpreter's finalisers can abort the process at exit
+    ("terminate called without an active exception": a worker thread of the group frees a
+    tensor after Python has begun to shut down). Every entry point that starts a group must
+    destroy it after a clean finish."""
+    from tests.helpers import REPO
+
+    sources = [REPO / "ijepa_ds" / "distributed.py"]
+    scripts = [
+        p
+        for folder in ("ijepa_ds", "tests", "bench")
+        for p in sorted((REPO / folder).rglob("*.py"))
+        if p not in sources and p.name != "test_distributed.py"
+    ]
+    missing = [
+        str(p.relative_to(REPO))
+        for p in scripts
+        if any(s in (text := p.read_text()) for s in STARTS) and not any(e in text for e in ENDS)
+    ]
+    assert missing == []

@@ -125,12 +125,13 @@ def _save_run(env, run: str, root: Path) -> None:
 
 
 def _worker(root: str, runs: list[str]) -> None:
-    from ijepa_ds.distributed import detect_dist_env, init_distributed
+    from ijepa_ds.distributed import detect_dist_env, init_distributed, shutdown_distributed
 
     env = detect_dist_env()
     init_distributed(env)
     for run in runs:
         _save_run(env, run, Path(root))
+    shutdown_distributed()
 
 
 # ------------------------------------------------------------------------------ test side

@@ -213,9 +213,13 @@ def nan_stop_run(env, stage: int) -> dict:
 
 def main(out: str) -> None:
     import torch
-    import torch.distributed as dist
 
-    from ijepa_ds.distributed import all_reduce_on_device, detect_dist_env, init_distributed
+    from ijepa_ds.distributed import (
+        all_reduce_on_device,
+        detect_dist_env,
+        init_distributed,
+        shutdown_distributed,
+    )
 
     env = detect_dist_env()
     init_distributed(env)
@@ -234,7 +238,7 @@ def main(out: str) -> None:
     result["nan_stop"] = {stage: nan_stop_run(env, stage) for stage in (0, 1, 2, 3)}
     if env.rank == 0:
         Path(out).write_text(json.dumps(result, indent=1))
-    dist.barrier()
+    shutdown_distributed()
 
 
 if __name__ == "__main__":
