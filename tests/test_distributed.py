@@ -97,20 +97,23 @@ def test_first_slurm_host(nodelist, first):
 SHUTDOWN_SCRIPT = """
 import torch.distributed as dist
 from deepspeed.utils import groups
-from ijepa_ds.distributed import detect_dist_env, init_distributed, shutdown_distributed
+from ijepa_ds.distributed import (abandon_distributed, detect_dist_env, free_port,
+                                  init_distributed, shutdown_distributed)
 shutdown_distributed()  # no group yet: nothing to do
-env = detect_dist_env({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "0"})
-init_distributed(env)
-assert dist.is_initialized() and groups._WORLD_GROUP is not None
-shutdown_distributed()
-assert not dist.is_initialized() and groups._WORLD_GROUP is None
-shutdown_distributed()  # twice is fine
+abandon_distributed()
+for close in (shutdown_distributed, abandon_distributed):
+    env = detect_dist_env({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
+    init_distributed(env)
+    assert dist.is_initialized() and groups._WORLD_GROUP is not None
+    close()
+    assert not dist.is_initialized() and groups._WORLD_GROUP is None, close.__name__
+    close()  # twice is fine
 print("ok")
 """
 
 
-def test_shutdown_destroys_every_group_and_is_idempotent():
+def test_shutdown_and_abandon_destroy_every_group_and_are_idempotent():
     import subprocess
     import sys
 

@@ -10,10 +10,11 @@ import torch
 
 from ijepa_ds.checkpoint.policy import SavePolicy
 from ijepa_ds.checkpoint.resume import agree_on_resume, load_checkpoint, prepare_resume
-from ijepa_ds.checkpoint.saver import CheckpointHook
+from ijepa_ds.checkpoint.saver import CheckpointHook, CheckpointSaveError
 from ijepa_ds.cli.train_cmd import add_train_arguments
 from ijepa_ds.config import ConfigError, load_config, validate_config, validate_paths
 from ijepa_ds.distributed import (
+    abandon_distributed,
     detect_dist_env,
     dist_timeout,
     init_distributed,
@@ -21,6 +22,7 @@ from ijepa_ds.distributed import (
 )
 from ijepa_ds.observability import get_logger, setup_logging
 from ijepa_ds.observability.logging import rank_log_file
+from ijepa_ds.observability.nonfinite import NonFiniteLossError
 from ijepa_ds.train.ds_config import build_ds_config, zero_stage
 from ijepa_ds.train.evaluation import EvaluationHook, PretrainEvaluator
 from ijepa_ds.train.loop import train_loop
@@ -29,6 +31,8 @@ from ijepa_ds.train.run_dir import agree_on_run_dir, write_run_files
 from ijepa_ds.train.trainer import build_trainer
 
 log = get_logger(__name__)
+# Raised by every rank at once, after a collective that told them all: nothing is in flight.
+AGREED_ERRORS = (NonFiniteLossError, CheckpointSaveError)
 
 
 def prepare(args: argparse.Namespace):
@@ -114,6 +118,9 @@ def run_training(args: argparse.Namespace, on_policy=None) -> dict:
         hooks = [reporter, evaluation, saver, evaluation.mark_best(saver, run_dir, dist_env.rank)]
     try:
         losses = train_loop(trainer, start_step=start_step, hooks=hooks)
+    except AGREED_ERRORS:
+        abandon_distributed()  # the peers stop here too; no group left to the finalisers
+        raise
     finally:
         reporter.close()
     log.info("done: %d steps, final loss %.4f", len(losses), losses[-1] if losses else float("nan"))

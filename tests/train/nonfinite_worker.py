@@ -1,12 +1,14 @@
 """Run under torchrun: a poisoned sample (NaN pixels) at one position, loss.on_nonfinite=argv[3].
 
 argv: out.json run_root mode. Writes what happened: the error message (stop) or the losses and
-whether all final weights are finite (skip), plus the checkpoints that exist.
+whether all final weights are finite (skip), plus the checkpoints that exist and whether the
+process group outlived the run.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import torch
@@ -37,9 +39,10 @@ def main(out: str, run_root: str, mode: str) -> None:
         result["losses"] = run_training_keep_trainer(overrides, captured=captured)[0]["losses"]
     except NonFiniteLossError as err:
         result["error"] = str(err)
+    result["group_left"] = dist.is_initialized()
     module = captured["trainer"].engine.module
     result["weights_finite"] = all(torch.isfinite(p).all().item() for p in module.parameters())
-    if dist.get_rank() == 0:
+    if os.environ["RANK"] == "0":
         with open(out, "w") as f:
             json.dump(result, f)
 

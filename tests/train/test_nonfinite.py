@@ -28,6 +28,7 @@ def test_stop_names_the_step_and_saves_nothing_after(tmp_path):
     assert "optimizer step 2" in result["error"] and "nan" in result["error"]
     assert checkpoints == ["step_00000001"]
     assert result["weights_finite"]
+    assert not result["group_left"]  # every rank stopped together: groups destroyed, no barrier
 
 
 def test_skip_drops_the_batch_and_trains_on(tmp_path):
@@ -35,3 +36,4 @@ def test_skip_drops_the_batch_and_trains_on(tmp_path):
     assert len(result["losses"]) == 4 and all(math.isfinite(x) for x in result["losses"])
     assert result["weights_finite"]
     assert checkpoints[-1] == "step_00000004"
+    assert result["group_left"]  # a finished run leaves its groups to the caller
