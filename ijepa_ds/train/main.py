@@ -11,14 +11,12 @@ import torch
 from ijepa_ds.checkpoint.policy import SavePolicy
 from ijepa_ds.checkpoint.resume import agree_on_resume, load_checkpoint, prepare_resume
 from ijepa_ds.checkpoint.saver import CheckpointHook, CheckpointSaveError
-from ijepa_ds.cli.train_cmd import add_train_arguments
 from ijepa_ds.config import ConfigError, load_config, validate_config, validate_paths
 from ijepa_ds.distributed import (
     abandon_distributed,
     detect_dist_env,
     dist_timeout,
     init_distributed,
-    shutdown_distributed,
 )
 from ijepa_ds.observability import get_logger, setup_logging
 from ijepa_ds.observability.logging import rank_log_file
@@ -83,39 +81,11 @@ def run_training(args: argparse.Namespace, on_policy=None) -> dict:
     if dist_env.is_main_process:
         write_run_files(run_dir, cfg, ds_config)
     trainer = build_trainer(cfg, dist_env, ds_config)
-    log.info(
-        "run %s | %d ranks (%s) | ZeRO %d | %s | global batch %d = %d x %d ranks x %d accum | "
-        "%d steps (%d per epoch)",
-        run_dir,
-        dist_env.world_size,
-        dist_env.launcher,
-        zero_stage(ds_config),
-        cfg.optim.precision,
-        trainer.global_batch_size,
-        cfg.data.batch_size,
-        dist_env.world_size,
-        trainer.accumulation,
-        trainer.total_steps,
-        trainer.iterations_per_epoch,
-    )
+    _log_run(trainer, run_dir, ds_config)
     start_step = 0
     if resume_from is not None:
         start_step = load_checkpoint(trainer, resume_from).step
-    reporter = StepReporter(trainer, run_dir, dist_env.rank, resume_step=start_step or None)
-    ckpt = cfg.checkpoint
-    policy = SavePolicy(ckpt.every_steps, ckpt.every_minutes, ckpt.save_at_end, trainer.total_steps)
-    policy.install_signal_handlers()
-    if on_policy is not None:
-        on_policy(policy)
-    saver = CheckpointHook(trainer, run_dir, policy, ckpt.keep_last, ckpt.milestone_every)
-    hooks = [reporter, saver]
-    if cfg.eval.pretrain_val_every_epochs or cfg.eval.health_every_steps:
-        evaluation = EvaluationHook(
-            PretrainEvaluator(trainer), reporter.metrics, trainer.iterations_per_epoch, policy
-        )
-        if resume_from is not None:
-            evaluation.resume(run_dir, start_step)
-        hooks = [reporter, evaluation, saver, evaluation.mark_best(saver, run_dir, dist_env.rank)]
+    hooks, reporter, saver = build_hooks(trainer, run_dir, start_step, on_policy)
     try:
         losses = train_loop(trainer, start_step=start_step, hooks=hooks)
     except AGREED_ERRORS:
@@ -132,13 +102,53 @@ def run_training(args: argparse.Namespace, on_policy=None) -> dict:
     }
 
 
+def _log_run(trainer, run_dir, ds_config: dict) -> None:
+    cfg, env = trainer.cfg, trainer.dist_env
+    log.info(
+        "run %s | %d ranks (%s) | ZeRO %d | %s | global batch %d = %d x %d ranks x %d accum | "
+        "%d steps (%d per epoch)",
+        run_dir,
+        env.world_size,
+        env.launcher,
+        zero_stage(ds_config),
+        cfg.optim.precision,
+        trainer.global_batch_size,
+        cfg.data.batch_size,
+        env.world_size,
+        trainer.accumulation,
+        trainer.total_steps,
+        trainer.iterations_per_epoch,
+    )
+
+
+def build_hooks(trainer, run_dir, start_step: int, on_policy=None):
+    """The loop's hooks in call order: progress and metrics, online evaluation (when the config
+    asks for it), checkpoints, then the ``best`` alias. ``start_step`` > 0 means resumed.
+
+    Returns ``(hooks, reporter, saver)``; the caller closes the reporter.
+    """
+    cfg, rank = trainer.cfg, trainer.dist_env.rank
+    reporter = StepReporter(trainer, run_dir, rank, resume_step=start_step or None)
+    ckpt = cfg.checkpoint
+    policy = SavePolicy(ckpt.every_steps, ckpt.every_minutes, ckpt.save_at_end, trainer.total_steps)
+    policy.install_signal_handlers()
+    if on_policy is not None:
+        on_policy(policy)
+    saver = CheckpointHook(trainer, run_dir, policy, ckpt.keep_last, ckpt.milestone_every)
+    if not (cfg.eval.pretrain_val_every_epochs or cfg.eval.health_every_steps):
+        return [reporter, saver], reporter, saver
+    evaluation = EvaluationHook(
+        PretrainEvaluator(trainer), reporter.metrics, trainer.iterations_per_epoch, policy
+    )
+    if start_step:
+        evaluation.resume(run_dir, start_step)
+    best = evaluation.mark_best(saver, run_dir, rank)
+    return [reporter, evaluation, saver, best], reporter, saver
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = add_train_arguments(argparse.ArgumentParser(prog="ijepa-ds train"))
-    args = parser.parse_args(argv)
-    try:
-        run_training(args)
-    except ConfigError as err:
-        print(f"ijepa-ds train: error: {err}", file=sys.stderr)
-        return 2
-    shutdown_distributed()
-    return 0
+    """``python -m ijepa_ds.train ARGS``: exactly ``ijepa-ds train ARGS`` (same errors, same
+    exit codes, the same shutdown after a clean finish)."""
+    from ijepa_ds.cli.main import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
