@@ -247,6 +247,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         final = result["start_step"] + len(result["losses"])
         preempted = final < total
         if preempted:
+            shutdown_distributed()  # every rank stopped at this step, its checkpoint saved
             _hand_over_to_submitit(handler, env.global_rank, final, total)
         else:
             # Done: a time-limit signal arriving now (while the interpreter shuts down, when
