@@ -228,29 +228,25 @@ def shutdown_distributed() -> None:
     """
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        return
-    dist.barrier()
-    _destroy_all_groups()
+    if dist.is_initialized():
+        dist.barrier()
+        abandon_distributed()
 
 
 def abandon_distributed() -> None:
-    """After an error that every rank raised together, at a point they agreed on through a
-    collective (a non-finite loss under ``stop``, a failed checkpoint save): destroy all
-    process groups without a barrier, so none is left to the interpreter's finalisers.
+    """Destroy all process groups without a barrier, so none is left to the interpreter's
+    finalisers. A no-op without a group.
 
-    Not for an error only this rank saw: a peer may still be inside a collective with it, and
-    destroying the group would wait for that collective to time out. A no-op without a group.
+    Only where this rank has no collective in flight, or destroying its group would wait for
+    that collective to time out: after an error every rank raised together at a point they
+    agreed on through a collective (a non-finite loss under ``stop``, a failed checkpoint
+    save), or after any error in code whose collectives all block (``ijepa-ds eval``). Not
+    after an arbitrary training error: DeepSpeed may have asynchronous collectives pending.
     """
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        _destroy_all_groups()
-
-
-def _destroy_all_groups() -> None:
-    import torch.distributed as dist
-
+    if not dist.is_initialized():
+        return
     groups = sys.modules.get("deepspeed.utils.groups")  # never imported: nothing to forget
     if groups is not None:
         groups._WORLD_GROUP = None  # destroyed below with the rest

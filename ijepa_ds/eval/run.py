@@ -26,6 +26,7 @@ from ijepa_ds.data import (
     default_root,
 )
 from ijepa_ds.distributed import (
+    abandon_distributed,
     default_backend,
     detect_dist_env,
     dist_timeout,
@@ -236,8 +237,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         if result is not None:
             _write(args, s, description, result, time.perf_counter() - start)
     except BaseException:
-        if dist.is_initialized():
-            dist.destroy_process_group()  # no barrier: the other ranks may never arrive
+        abandon_distributed()  # no barrier: the other ranks may never arrive
         raise
     shutdown_distributed()
     return 0

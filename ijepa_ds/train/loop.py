@@ -44,14 +44,14 @@ class StepStats:
     """Bookkeeping of the current optimizer step, shared by its micro-batches.
 
     ``sums``: [3] on the training device, this rank's (loss sum of the kept micro-batches,
-    kept count, non-finite count); adding to it never synchronises. ``totals``: the same
-    three summed over ranks, as Python floats, set at the accumulation boundary.
+    kept count, non-finite count); adding to it never synchronises. ``totals``: the loss sum
+    and kept count summed over ranks, as Python floats, set at the accumulation boundary.
     ``grad_norms``: a dict to fill with the encoder/predictor gradient norms before the
     optimizer step (log steps), or None.
     """
 
     sums: torch.Tensor
-    totals: tuple[float, float, float] | None = None
+    totals: tuple[float, float] | None = None
     grad_norms: dict | None = None
     data_time: float = 0.0
     started: float = field(default_factory=time.perf_counter)
@@ -94,7 +94,7 @@ def close_step(stats: StepStats, step: int) -> None:
     loss_sum, kept, nonfinite = _global_sum(stats.sums)
     if nonfinite > 0:
         raise NonFiniteLossError(step + 1, _worst(stats.sums[0]))
-    stats.totals = (loss_sum, kept, nonfinite)
+    stats.totals = (loss_sum, kept)
 
 
 def _zero_weight_loss(trainer: Trainer, imgs, masks_enc, masks_pred, step: int) -> torch.Tensor:
@@ -156,7 +156,7 @@ def _step_info(stats: StepStats, world: int, accum: int, **values: float) -> dic
     """The hooks' dict for one finished step: loss averaged over the kept micro-batches."""
     if stats.totals is None:
         raise RuntimeError("DeepSpeed's accumulation boundary disagrees with the loop's count")
-    loss_sum, kept, _ = stats.totals
+    loss_sum, kept = stats.totals
     info = dict(loss=loss_sum / kept if kept else float("nan"), **values)
     info["dropped_micro_batches"] = world * accum - kept
     info.update(stats.grad_norms or {})
