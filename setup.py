@@ -29,8 +29,19 @@ setup(
     ],
     extras_require={
         # wheel: tests/test_packaging.py builds a wheel (setuptools < 70.1 lacks bdist_wheel).
-        "test": ["pytest>=8", "hypothesis", "timm", "wheel"],
+        # fairscale, wandb: the tests of model.act_ckpt_impl=fairscale and logging.wandb run
+        # in CI too.
+        "test": [
+            "pytest>=8",
+            "hypothesis",
+            "timm",
+            "wheel",
+            "fairscale>=0.4.13,<0.5",
+            "wandb>=0.17",
+        ],
         "dev": ["pytest>=8", "hypothesis", "timm", "ruff"],
+        "fairscale": ["fairscale>=0.4.13,<0.5"],  # model.act_ckpt_impl=fairscale
+        "wandb": ["wandb>=0.17"],  # logging.wandb=true
     },
     entry_points={"console_scripts": ["ijepa-ds=ijepa_ds.cli.main:main"]},
 )

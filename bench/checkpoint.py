@@ -61,7 +61,7 @@ def worker(out: str, root: str, stage: int, repeats: int) -> None:
     import torch.distributed as dist
 
     from ijepa_ds.checkpoint.resume import load_checkpoint
-    from ijepa_ds.checkpoint.saver import save_checkpoint, target_state_dict
+    from ijepa_ds.checkpoint.saver import save_checkpoint
     from ijepa_ds.config import load_config
     from ijepa_ds.distributed import detect_dist_env, init_distributed, shutdown_distributed
     from ijepa_ds.train.ds_config import build_ds_config
@@ -91,7 +91,7 @@ def worker(out: str, root: str, stage: int, repeats: int) -> None:
         import deepspeed
 
         module = trainer.engine.module
-        state = {"target": target_state_dict(trainer.target)}
+        state = {"target": trainer.target.full_state_dict()}
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
             for name, p in module.named_parameters():
                 state[name] = p.detach().float().clone()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,3 +56,65 @@ def assert_ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, (
         f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{without_noise(proc.stderr)[-8000:]}"
     )
+
+
+def train_command(nproc: int, *args: str) -> list[str]:
+    """``torchrun --standalone --nproc_per_node nproc -m ijepa_ds train args`` (the CLI)."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={nproc}", "-m", "ijepa_ds", "train", *args,
+    ]  # fmt: skip
+
+
+class LiveJob:
+    """A job running in its own session (process group, as under a terminal or SLURM), with
+    its stdout and stderr collected, merged, as they come."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str] | None = None, cwd=REPO):
+        self.proc = subprocess.Popen(
+            cmd, env=env or cpu_env(), cwd=cwd, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_until(self, condition, timeout: float, what: str) -> None:
+        """Poll ``condition()`` until true; fail if the job ends first or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.proc.poll() is None, f"job ended before {what}:\n{self.tail()}"
+            assert time.monotonic() < deadline, f"no {what} after {timeout} s:\n{self.tail()}"
+            time.sleep(0.05)
+
+    def signal_group(self, sig: int) -> None:
+        """``sig`` to every process of the job at once, as Ctrl-C or ``scancel`` deliver it."""
+        os.killpg(self.proc.pid, sig)
+
+    def signal_ranks(self, sig: int) -> None:
+        """``sig`` to the launcher's children (torchrun's ranks) only."""
+        import psutil
+
+        for child in psutil.Process(self.proc.pid).children():
+            child.send_signal(sig)
+
+    def finish(self, timeout: float) -> int:
+        """Wait for the job's end (killing its group after ``timeout``); its exit code."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            raise AssertionError(f"job still running after {timeout} s:\n{self.tail()}") from None
+        self._reader.join(10)
+        return code
+
+    def tail(self) -> str:
+        return without_noise(self.output)[-8000:]

@@ -109,20 +109,10 @@ def agree_on_resume(
 
 def load_target(trainer, state_dict: dict[str, torch.Tensor], source: Path) -> None:
     """Copy a full fp32 target state dict into the (possibly partitioned) target encoder."""
-    module = trainer.target.module
-    if not trainer.target.partitioned:
-        module.load_state_dict(state_dict, strict=True)
-        return
-    import deepspeed
-
-    params = dict(module.named_parameters())
-    unknown = set(state_dict) - set(params)
-    if unknown or set(params) - set(state_dict):
+    params = dict(trainer.target.module.named_parameters())
+    if trainer.target.partitioned and (set(state_dict) ^ set(params)):
         raise CheckpointError(f"{source}: target encoder keys do not match the model")
-    with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=0):
-        if trainer.dist_env.rank == 0:
-            for name, param in params.items():
-                param.data.copy_(state_dict[name])
+    trainer.target.load_full_state_dict(state_dict, trainer.dist_env.rank)
 
 
 def prepare_resume(folder: Path, dist_env, ds_config: dict) -> None:

@@ -150,17 +150,6 @@ def universal_client_state() -> dict:
     }
 
 
-def target_state_dict(target) -> dict[str, torch.Tensor]:
-    """Full fp32 state dict of the target encoder on every rank (gathers under ZeRO-3)."""
-    module = target.module
-    if not target.partitioned:
-        return {k: v.detach().clone() for k, v in module.state_dict().items()}
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-        return {k: v.detach().float().clone() for k, v in module.state_dict().items()}
-
-
 def build_train_state(trainer, step: int) -> TrainState:
     return TrainState(
         step=step,
@@ -199,7 +188,7 @@ def save_checkpoint(trainer, run_dir: str | Path, step: int, reason: str) -> Pat
         trainer.engine.save_checkpoint(
             str(tmp), tag=ENGINE_TAG, client_state=universal_client_state(), save_latest=False
         )
-    target = target_state_dict(trainer.target)
+    target = trainer.target.full_state_dict(keep=rank == 0)  # collective; rank 0 writes it
     state = build_train_state(trainer, step)
     if rank == 0:
         target_file, state_file = tmp / TARGET_FILE, tmp / STATE_FILE

@@ -1,8 +1,20 @@
-"""``ijepa-ds train``: the trainer's argument parser (shared with the launchers)."""
+"""``ijepa-ds train``: the trainer's argument parser (shared with the launchers).
+
+Exit codes: 0 finished; 2 configuration or checkpoint error; ``EXIT_RUN_LOCKED`` (3) another
+live job holds the run folder, nothing was written; ``EXIT_STOPPED`` (75, ``EX_TEMPFAIL``:
+try again later) stopped by SIGTERM or SIGINT after saving a checkpoint, continue with
+``--resume auto``. A repeated signal kills the rank at once: 143 (SIGTERM) or 130 (SIGINT).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import sys
+
+EXIT_RUN_LOCKED = 3
+EXIT_STOPPED = 75
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -28,19 +40,43 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
+def stopped_message(result: dict) -> str:
+    """The one line a run stopped by a signal ends with (rank 0)."""
+    step = result["start_step"] + len(result["losses"])
+    saved = result["checkpoints"][-1] if result["checkpoints"] else "nowhere (no checkpoint)"
+    return (
+        f"ijepa-ds: stopped by {result['stopped_by']} at step {step} of "
+        f"{result['total_steps']}; checkpoint saved to {saved}; continue with --resume auto"
+    )
+
+
 def _handler(args: argparse.Namespace) -> int:
     from ijepa_ds.checkpoint.resume import CheckpointError
+    from ijepa_ds.checkpoint.run_lock import RunLockedError
     from ijepa_ds.config import ConfigError
     from ijepa_ds.distributed import shutdown_distributed
+    from ijepa_ds.observability.wandb_sink import WandbError
     from ijepa_ds.train.main import run_training
 
     try:
-        run_training(args)
-    except CheckpointError as err:
-        # Reported like a config error: a clear message naming the file, exit code 2.
+        result = run_training(args)
+    except (CheckpointError, WandbError) as err:
+        # Reported like a config error: a clear message naming the file or setting, exit code 2.
         raise ConfigError(str(err)) from err
+    except RunLockedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_RUN_LOCKED
+    if result["stopped_by"] is None:
+        shutdown_distributed()
+        return 0
+    # Saved: only the exit is left. torchrun answers the first rank to exit 75 with SIGTERM
+    # to the others, which must not turn their 75 into a death by signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    if os.environ.get("RANK", "0") == "0":
+        print(stopped_message(result), file=sys.stderr, flush=True)
     shutdown_distributed()
-    return 0
+    return EXIT_STOPPED
 
 
 def configure_train(parser: argparse.ArgumentParser) -> None:

@@ -113,11 +113,15 @@ class ModelConfig:
     )
     act_ckpt_encoder: int = _f(0, "Activation checkpointing: 0 off, k = every k-th encoder block.")
     act_ckpt_predictor: int = _f(0, "Activation checkpointing: 0 off, k = every k-th pred. block.")
-    act_ckpt_impl: Literal["torch", "deepspeed"] = _f(
-        "torch", "Checkpointing implementation: torch non-reentrant or deepspeed.checkpointing."
+    act_ckpt_impl: Literal["torch", "deepspeed", "fairscale"] = _f(
+        "torch",
+        "Checkpointing implementation: torch non-reentrant, deepspeed.checkpointing, or "
+        "fairscale's checkpoint_wrapper (needs the package: pip install .[fairscale]).",
     )
     act_ckpt_cpu_offload: bool = _f(
-        False, "Offload checkpointed activations to CPU (needs act_ckpt_impl deepspeed)."
+        False,
+        "Keep each checkpointed block's input in host memory until the backward (every "
+        "act_ckpt_impl; deepspeed's needs a GPU). Needs act_ckpt_encoder or act_ckpt_predictor.",
     )
 
 
@@ -164,6 +168,15 @@ class LoggingConfig:
     tensorboard: bool = _f(True, "Write TensorBoard event files.")
     image_every: int = _f(0, "Steps between mask-overlay images; 0 = off.")
     jsonl: bool = _f(True, "Write metrics as JSON lines.")
+    wandb: bool = _f(
+        False, "Also log scalars, images and the config to Weights & Biases (rank 0; needs wandb)."
+    )
+    wandb_project: str = _f("ijepa-ds", "W&B project of the run.")
+    wandb_entity: str = _f("", "W&B entity (user or team); '' = the API key's default entity.")
+    wandb_mode: Literal["online", "offline", "disabled"] = _f(
+        "online", "W&B mode: online, offline (files under <run>/wandb/; wandb sync), disabled."
+    )
+    wandb_tags: tuple[str, ...] = _f((), "W&B run tags, e.g. [baseline,vit_tiny].")
 
 
 @dataclass

@@ -9,6 +9,7 @@ are collected and raised together in one `ConfigError`.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -82,8 +83,11 @@ _RULES: list[Rule] = [
     ("model.pred_num_heads", lambda v, c: v >= 0, "must be >= 0 (0 = encoder heads)"),
     ("model.act_ckpt_encoder", lambda v, c: v >= 0, "must be >= 0 (0 = off)"),
     ("model.act_ckpt_predictor", lambda v, c: v >= 0, "must be >= 0 (0 = off)"),
-    ("model.act_ckpt_cpu_offload", lambda v, c: not v or c.model.act_ckpt_impl == "deepspeed",
-     "needs model.act_ckpt_impl='deepspeed' (is {c.model.act_ckpt_impl!r})"),
+    ("model.act_ckpt_cpu_offload",
+     lambda v, c: not v or c.model.act_ckpt_encoder > 0 or c.model.act_ckpt_predictor > 0,
+     "offloads the inputs of checkpointed blocks only: needs model.act_ckpt_encoder or "
+     "model.act_ckpt_predictor > 0 (are {c.model.act_ckpt_encoder} and "
+     "{c.model.act_ckpt_predictor})"),
     # optim, schedule, ema
     ("optim.betas", lambda v, c: all(0 <= b < 1 for b in v), "must lie in [0, 1)"),
     ("optim.eps", lambda v, c: v > 0, "must be > 0"),
@@ -107,6 +111,10 @@ _RULES: list[Rule] = [
     ("logging.output_dir", lambda v, c: bool(v), "must not be empty"),
     ("logging.log_every", lambda v, c: v >= 1, "must be >= 1"),
     ("logging.image_every", lambda v, c: v >= 0, "must be >= 0 (0 = off)"),
+    ("logging.wandb_project", lambda v, c: bool(v) or not c.logging.wandb,
+     "must not be empty with logging.wandb=true"),
+    ("logging.wandb_tags", lambda v, c: all(1 <= len(t) <= 64 for t in v),
+     "each tag must have 1 to 64 characters (a W&B limit)"),
     ("checkpoint.every_steps", lambda v, c: v >= 0, "must be >= 0 (0 = off)"),
     ("checkpoint.every_minutes", lambda v, c: v >= 0, "must be >= 0 (0 = off)"),
     ("checkpoint.keep_last", lambda v, c: v >= 1, "must be >= 1"),
@@ -152,6 +160,29 @@ def _check_choices(cfg: Config) -> list[str]:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             errors.append(f"{info.path}={value!r}: must be one of {list(choices)}{hint}")
     return errors
+
+
+def _check_wandb_package(cfg: Config) -> list[str]:
+    """logging.wandb=true needs the optional wandb package; looked up, not imported (every
+    rank validates, only rank 0 uses it)."""
+    if cfg.logging.wandb and importlib.util.find_spec("wandb") is None:
+        return [
+            "logging.wandb=True: needs the wandb package (pip install 'ijepa-ds[wandb]'), "
+            "or set logging.wandb=false"
+        ]
+    return []
+
+
+def _check_act_ckpt_package(cfg: Config) -> list[str]:
+    """model.act_ckpt_impl=fairscale needs the optional fairscale package; looked up, not
+    imported, so a launcher reports it before it starts a single process."""
+    if cfg.model.act_ckpt_impl != "fairscale" or importlib.util.find_spec("fairscale"):
+        return []
+    return [
+        "model.act_ckpt_impl='fairscale': needs the fairscale package, which is not installed "
+        "(pip install '.[fairscale]' in the repository, or pip install 'fairscale>=0.4.13,<0.5'), "
+        "or choose act_ckpt_impl torch or deepspeed"
+    ]
 
 
 def _check_heads(cfg: Config) -> list[str]:
@@ -247,6 +278,8 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
         if not ok(value, cfg):
             errors.append(f"{path}={value!r}: {rule.format(c=cfg)}")
     errors += _check_heads(cfg)
+    errors += _check_wandb_package(cfg)
+    errors += _check_act_ckpt_package(cfg)
     if not errors:  # the rest assumes a valid grid, valid ranges and batch sizes
         m = cfg.mask
         grid = cfg.data.crop_size // cfg.model.patch_size

@@ -9,7 +9,9 @@
 3. replaces submitit's preemption handler (USR2, sent by ``scancel --signal`` or ``--signal``
    before the time limit) with one that asks the trainer's ``SavePolicy`` to save at the next
    step boundary and stop, on every rank;
-4. runs the trainer with ``--resume auto``, so a requeued job continues from its checkpoint.
+4. runs the trainer with ``--resume auto``, so a requeued job continues from its checkpoint
+   (the trainer's run-folder lock lets a requeue take over from its own previous attempt);
+   SIGTERM stays with submitit, which ignores it ("bypass").
 
 When training stopped early because of that signal, rank 0 hands over to submitit's own
 handler, which calls ``checkpoint()`` and ``scontrol requeue``. ``checkpoint()`` therefore does
@@ -235,14 +237,23 @@ class TrainingJob(submitit.helpers.Checkpointable):
         parser = add_train_arguments(argparse.ArgumentParser(prog="ijepa-ds train"))
         args = parser.parse_args(self.train_argv)
         run_dir = Path(self.output_dir) / resolve_run_name(self.run_name, env.job_id)
-        _record_attempt(run_dir, self.snapshot and Path(self.snapshot), env, env.global_rank)
         args.overrides += [
             f"logging.output_dir={self.output_dir}",
             f"logging.run_name={run_dir.name}",
         ]
         args.resume = _resume_argument(args.resume, run_dir)
-        _export_snapshot_revision(self.snapshot and Path(self.snapshot))
-        result = run_training(args, on_policy=handler.attach)
+        snapshot = self.snapshot and Path(self.snapshot)
+        _export_snapshot_revision(snapshot)
+        # Records are written once the run folder is locked: a job refused because another
+        # live job holds the folder leaves that job's records alone. No SIGTERM/SIGINT
+        # handling: submitit's own handler bypasses SIGTERM, and the preemption signal
+        # already saves and stops (module docstring).
+        result = run_training(
+            args,
+            on_policy=handler.attach,
+            stop_signals=(),
+            on_locked=lambda folder: _record_attempt(folder, snapshot, env, env.global_rank),
+        )
         total = handler.policy.total_steps
         final = result["start_step"] + len(result["losses"])
         preempted = final < total

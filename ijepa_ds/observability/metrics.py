@@ -1,9 +1,11 @@
-"""Metrics sinks: TensorBoard event files and a ``metrics.jsonl`` log, written by rank 0 only.
+"""Metrics sinks: TensorBoard event files, a ``metrics.jsonl`` log and optionally a Weights &
+Biases run, written by rank 0 only.
 
 Layout inside the run folder::
 
     <run_dir>/tensorboard/events.out.tfevents.*   scalars and images
     <run_dir>/metrics.jsonl                       {"step": 120, "time": 1.7e9, "train/loss": ...}
+    <run_dir>/wandb/                              W&B's files (see ``wandb_sink``)
 
 Each JSONL line is flushed as soon as it is written, so a crash loses at most the line being
 written. Non-finite values are stored as ``null`` to keep the file strict JSON. On every other
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 from ijepa_ds.fileio import atomic_write_bytes
+from ijepa_ds.observability.wandb_sink import WandbOptions, WandbSink
 
 TENSORBOARD_SUBDIR = "tensorboard"
 JSONL_NAME = "metrics.jsonl"
@@ -63,7 +66,9 @@ class MetricsWriter:
         jsonl: append one JSON object per ``log_scalars`` call to ``<run_dir>/metrics.jsonl``.
         resume_step: when resuming, the first step that will be logged again: JSONL lines with
             ``step >= resume_step`` are removed and TensorBoard hides events from that step on
-            (``purge_step``), so curves do not show the replayed steps twice.
+            (``purge_step``), so curves do not show the replayed steps twice. W&B continues the
+            run folder's W&B run.
+        wandb: also send every scalar and image to a W&B run with these options (None = off).
     """
 
     def __init__(
@@ -73,12 +78,14 @@ class MetricsWriter:
         tensorboard: bool = True,
         jsonl: bool = True,
         resume_step: int | None = None,
+        wandb: WandbOptions | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.rank = rank
         self._tb = None
         self._jsonl = None
-        if rank != 0 or not (tensorboard or jsonl):
+        self._wandb = None
+        if rank != 0 or not (tensorboard or jsonl or wandb):
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if tensorboard:
@@ -93,11 +100,17 @@ class MetricsWriter:
             if resume_step is not None and path.exists():
                 _truncate_jsonl(path, resume_step)
             self._jsonl = path.open("a", encoding="utf-8")
+        if wandb is not None:
+            try:
+                self._wandb = WandbSink(self.run_dir, wandb, resume=resume_step is not None)
+            except Exception:
+                self.close()  # the sinks opened above
+                raise
 
     @property
     def enabled(self) -> bool:
         """True when this writer writes anything (rank 0 with at least one sink)."""
-        return self._tb is not None or self._jsonl is not None
+        return self._tb is not None or self._jsonl is not None or self._wandb is not None
 
     def log_scalars(self, step: int, scalars: Mapping[str, float | torch.Tensor]) -> None:
         """Write ``scalars`` (name -> number or one-element tensor) for global step ``step``.
@@ -118,14 +131,16 @@ class MetricsWriter:
             record.update({k: v if math.isfinite(v) else None for k, v in values.items()})
             self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
             self._jsonl.flush()
+        if self._wandb is not None:
+            self._wandb.log_scalars(step, values)
 
     def log_image(self, step: int, tag: str, img_uint8_chw: torch.Tensor | np.ndarray) -> None:
-        """Write one image to TensorBoard (JSONL holds scalars only).
+        """Write one image to TensorBoard and W&B (JSONL holds scalars only).
 
         Args:
             img_uint8_chw: ``[C, H, W]`` uint8 with C in {1, 3, 4} (grey, RGB, RGBA).
         """
-        if self._tb is None:
+        if self._tb is None and self._wandb is None:
             return
         img = torch.as_tensor(img_uint8_chw).detach().cpu()
         if img.dtype != torch.uint8 or img.dim() != 3 or img.shape[0] not in (1, 3, 4):
@@ -133,7 +148,10 @@ class MetricsWriter:
                 f"log_image({tag!r}): expected a uint8 [C, H, W] image with C in (1, 3, 4), "
                 f"got dtype {img.dtype} and shape {tuple(img.shape)}"
             )
-        self._tb.add_image(tag, img.numpy(), global_step=step, dataformats="CHW")
+        if self._tb is not None:
+            self._tb.add_image(tag, img.numpy(), global_step=step, dataformats="CHW")
+        if self._wandb is not None:
+            self._wandb.log_image(step, tag, img.numpy())
 
     def flush(self) -> None:
         if self._tb is not None:
@@ -142,13 +160,16 @@ class MetricsWriter:
             self._jsonl.flush()
 
     def close(self) -> None:
-        """Flush and close both sinks; later calls are no-ops."""
+        """Flush and close every sink (finishing the W&B run); later calls are no-ops."""
         if self._tb is not None:
             self._tb.close()
             self._tb = None
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None
+        if self._wandb is not None:
+            self._wandb.close()
+            self._wandb = None
 
     def __enter__(self) -> MetricsWriter:
         return self

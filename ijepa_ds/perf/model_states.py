@@ -37,6 +37,7 @@ DS_REDUCE_BUCKET_SIZE = 500_000_000
 DS_PREFETCH_BUCKET_SIZE = 50_000_000
 DS_MAX_REUSE_DISTANCE = 1_000_000_000
 DS_MAX_LIVE_PARAMETERS = 1_000_000_000
+DS_SUB_GROUP_SIZE = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class EngineSettings:
     prefetch_bucket_size: int = DS_PREFETCH_BUCKET_SIZE
     max_reuse_distance: int = DS_MAX_REUSE_DISTANCE
     max_live_parameters: int = DS_MAX_LIVE_PARAMETERS
+    sub_group_size: int = DS_SUB_GROUP_SIZE
 
     @property
     def lp_bytes(self) -> int:
@@ -128,6 +130,7 @@ class EngineSettings:
             ),
             max_reuse_distance=int(zero.get("stage3_max_reuse_distance", DS_MAX_REUSE_DISTANCE)),
             max_live_parameters=int(zero.get("stage3_max_live_parameters", DS_MAX_LIVE_PARAMETERS)),
+            sub_group_size=int(zero.get("sub_group_size", DS_SUB_GROUP_SIZE)),
         )
 
 
@@ -159,6 +162,9 @@ def model_state_bytes(counts: ParamCounts, eng: EngineSettings) -> dict[str, flo
         kept = min(p + f, eng.max_reuse_distance / 2, eng.max_live_parameters)
         out["gathered"] = lp * kept
         out["gather_buffer"] = lp * min(p + f, eng.prefetch_bucket_size)
+        # ZeRO-3 steps its fp32 partition one sub-group at a time: the fp32 gradients and
+        # AdamW's two temporaries exist for one sub-group only.
+        out["step_transient"] = 3 * 4.0 * min(p / w, eng.sub_group_size)
     if eng.offload_optimizer and stage >= 1:
         out["host"] += out["master"] + out["moments"] + out["step_transient"]
         out["master"] = out["moments"] = out["step_transient"] = 0.0

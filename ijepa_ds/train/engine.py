@@ -6,10 +6,7 @@ from typing import Any
 
 import torch
 
-from ijepa_ds.train.act_ckpt import (
-    apply_activation_checkpointing,
-    configure_deepspeed_checkpointing,
-)
+from ijepa_ds.train.act_ckpt import apply_activation_checkpointing
 from ijepa_ds.train.ds_config import zero_stage
 from ijepa_ds.train.param_groups import build_param_groups
 from ijepa_ds.train.student import IJEPAStudent
@@ -55,13 +52,10 @@ def build_engine(student: IJEPAStudent, ds_config: dict[str, Any], model_cfg, op
 
     stage = zero_stage(ds_config)
     target = TargetEncoder(student.encoder, partitioned=stage == 3)
-    if model_cfg.act_ckpt_impl == "deepspeed":
-        configure_deepspeed_checkpointing(model_cfg.act_ckpt_cpu_offload)
+    ckpt = (model_cfg.act_ckpt_impl, model_cfg.act_ckpt_cpu_offload)
+    apply_activation_checkpointing(student.encoder.blocks, model_cfg.act_ckpt_encoder, *ckpt)
     apply_activation_checkpointing(
-        student.encoder.blocks, model_cfg.act_ckpt_encoder, model_cfg.act_ckpt_impl
-    )
-    apply_activation_checkpointing(
-        student.predictor.predictor_blocks, model_cfg.act_ckpt_predictor, model_cfg.act_ckpt_impl
+        student.predictor.predictor_blocks, model_cfg.act_ckpt_predictor, *ckpt
     )
     optimizer = build_optimizer(student, optim_cfg.betas, optim_cfg.eps)
     engine, _, _, _ = deepspeed.initialize(model=student, optimizer=optimizer, config=ds_config)

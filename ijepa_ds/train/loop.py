@@ -203,11 +203,16 @@ def train_loop(trainer: Trainer, start_step: int, hooks=()) -> list[float]:
 
 
 def step_scalars(info: dict, imgs, masks_enc, masks_pred, h) -> dict[str, float]:
-    """TensorBoard/JSONL scalars of one step beyond loss/lr/wd/momentum and timings."""
+    """TensorBoard/JSONL scalars of one step beyond loss/lr/wd/momentum and timings.
+
+    ``health/target_feature_std`` is a spread across the local batch, so it is left out at
+    micro-batch 1 (the usual ViT-G setting), where it is undefined.
+    """
     scalars = {
         "tokens/context": float(masks_enc[0].shape[1]),
         "tokens/target": float(masks_pred[0].shape[1]),
-        "health/target_feature_std": feature_std(h),
     }
+    if h.shape[0] >= 2:
+        scalars["health/target_feature_std"] = feature_std(h)
     scalars.update({f"memory/{k}": float(v) for k, v in memory_stats().items()})
     return scalars

@@ -8,8 +8,9 @@ import sys
 
 import torch
 
-from ijepa_ds.checkpoint.policy import SavePolicy
+from ijepa_ds.checkpoint.policy import STOP_SIGNALS, SavePolicy
 from ijepa_ds.checkpoint.resume import agree_on_resume, load_checkpoint, prepare_resume
+from ijepa_ds.checkpoint.run_lock import RunLockedError, agree_on_run_lock
 from ijepa_ds.checkpoint.saver import CheckpointHook, CheckpointSaveError
 from ijepa_ds.config import ConfigError, load_config, validate_config, validate_paths
 from ijepa_ds.distributed import (
@@ -59,17 +60,39 @@ def prepare(args: argparse.Namespace):
     return cfg, dist_env, ds_config
 
 
-def run_training(args: argparse.Namespace, on_policy=None) -> dict:
-    """Validate everything that can be checked alone, then start the process group and train.
+def run_training(
+    args: argparse.Namespace, on_policy=None, stop_signals=STOP_SIGNALS, on_locked=None
+) -> dict:
+    """Validate everything that can be checked alone, then start the process group, lock the
+    run folder and train.
 
     ``on_policy(policy)`` (optional) receives the run's ``SavePolicy`` before training starts,
     so a launcher can turn its preemption signal into a collective save-and-stop.
+    ``stop_signals``: the signals that save and stop at the next step boundary (a launcher
+    with its own SIGTERM handling passes ``()``). ``on_locked(run_dir)`` (optional) runs on
+    every rank once the run folder is locked, before anything else is written into it.
+
+    Raises ``RunLockedError`` on every rank when another live job holds the run folder. The
+    result's ``stopped_by`` names the signal that stopped the run before its last step.
     """
     cfg, dist_env, ds_config = prepare(args)
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     init_distributed(dist_env)
     run_dir = agree_on_run_dir(cfg, dist_env.rank)
+    try:
+        lock = agree_on_run_lock(run_dir, dist_env.rank)
+    except (RunLockedError, OSError):
+        abandon_distributed()  # every rank raised it together, right after a broadcast
+        raise
+    with lock:
+        if on_locked is not None:
+            on_locked(run_dir)
+        return _train(args, cfg, dist_env, ds_config, run_dir, on_policy, stop_signals)
+
+
+def _train(args, cfg, dist_env, ds_config, run_dir, on_policy, stop_signals) -> dict:
+    """``run_training`` once the run folder is locked."""
     setup_logging(
         dist_env.rank,
         level=os.environ.get("IJEPA_DS_LOG_LEVEL", "INFO"),
@@ -85,13 +108,14 @@ def run_training(args: argparse.Namespace, on_policy=None) -> dict:
     start_step = 0
     if resume_from is not None:
         start_step = load_checkpoint(trainer, resume_from).step
-    hooks, reporter, saver = build_hooks(trainer, run_dir, start_step, on_policy)
+    hooks, reporter, saver = build_hooks(trainer, run_dir, start_step, on_policy, stop_signals)
     try:
         losses = train_loop(trainer, start_step=start_step, hooks=hooks)
     except AGREED_ERRORS:
         abandon_distributed()  # the peers stop here too; no group left to the finalisers
         raise
     finally:
+        saver.policy.restore_signal_handlers()
         reporter.close()
     log.info("done: %d steps, final loss %.4f", len(losses), losses[-1] if losses else float("nan"))
     return {
@@ -99,6 +123,8 @@ def run_training(args: argparse.Namespace, on_policy=None) -> dict:
         "losses": losses,
         "start_step": start_step,
         "checkpoints": [str(p) for p in saver.saved],
+        "stopped_by": saver.policy.stopped_by,
+        "total_steps": trainer.total_steps,
     }
 
 
@@ -121,17 +147,18 @@ def _log_run(trainer, run_dir, ds_config: dict) -> None:
     )
 
 
-def build_hooks(trainer, run_dir, start_step: int, on_policy=None):
+def build_hooks(trainer, run_dir, start_step: int, on_policy=None, stop_signals=STOP_SIGNALS):
     """The loop's hooks in call order: progress and metrics, online evaluation (when the config
     asks for it), checkpoints, then the ``best`` alias. ``start_step`` > 0 means resumed.
 
-    Returns ``(hooks, reporter, saver)``; the caller closes the reporter.
+    Returns ``(hooks, reporter, saver)``; the caller closes the reporter and restores the
+    signal handlers (``saver.policy.restore_signal_handlers()``).
     """
     cfg, rank = trainer.cfg, trainer.dist_env.rank
     reporter = StepReporter(trainer, run_dir, rank, resume_step=start_step or None)
     ckpt = cfg.checkpoint
     policy = SavePolicy(ckpt.every_steps, ckpt.every_minutes, ckpt.save_at_end, trainer.total_steps)
-    policy.install_signal_handlers()
+    policy.install_signal_handlers(stop_signals=stop_signals)
     if on_policy is not None:
         on_policy(policy)
     saver = CheckpointHook(trainer, run_dir, policy, ckpt.keep_last, ckpt.milestone_every)

@@ -5,14 +5,45 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
-from ijepa_ds.distributed import all_reduce_cpu
+from ijepa_ds.config import config_to_dict
+from ijepa_ds.distributed import abandon_distributed, all_reduce_cpu
 from ijepa_ds.masks import render_mask_grid
 from ijepa_ds.observability import MetricsWriter, ProgressMeter, get_logger
 from ijepa_ds.observability.stats import is_collapsed
+from ijepa_ds.observability.wandb_sink import WandbError, WandbOptions
 from ijepa_ds.train.loop import is_log_step, step_scalars
 
 log = get_logger(__name__)
+
+
+def build_metrics_writer(cfg, run_dir: Path, rank: int, resume_step: int | None) -> MetricsWriter:
+    """The run's metrics writer, with the sinks ``cfg.logging`` turns on (collective).
+
+    Only rank 0 opens sinks. When W&B refuses to start there (no login, no network), every
+    rank raises the same ``WandbError``, so no peer is left waiting in the first all-reduce.
+    The broadcast that tells them leaves no collective in flight, so the process groups are
+    destroyed first, as after the loop's agreed errors.
+    ``resume_step``: the first step that will be logged again, or None on a fresh start.
+    """
+    c = cfg.logging
+    wandb = None
+    if c.wandb:
+        wandb = WandbOptions(
+            c.wandb_project, c.wandb_entity, c.wandb_mode, c.wandb_tags, config_to_dict(cfg)
+        )
+    writer, error = None, [None]
+    try:
+        writer = MetricsWriter(run_dir, rank, c.tensorboard, c.jsonl, resume_step, wandb)
+    except WandbError as err:
+        error = [str(err)]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(error, src=0)
+    if error[0] is not None:
+        abandon_distributed()
+        raise WandbError(error[0])
+    return writer
 
 
 class StepReporter:
@@ -24,12 +55,8 @@ class StepReporter:
         self.progress = ProgressMeter(
             trainer.total_steps, trainer.dist_env.world_size, trainer.global_batch_size
         )
-        self.metrics = MetricsWriter(
-            run_dir,
-            rank,
-            tensorboard=cfg.logging.tensorboard,
-            jsonl=cfg.logging.jsonl,
-            resume_step=None if resume_step is None else resume_step + 1,
+        self.metrics = build_metrics_writer(
+            cfg, run_dir, rank, None if resume_step is None else resume_step + 1
         )
         self.ipe = trainer.iterations_per_epoch
         self.patch_size = cfg.model.patch_size
@@ -74,7 +101,8 @@ class StepReporter:
         scalars.update(step_scalars(info, *tensors))
         if self.rank == 0:
             log.info(self.progress.format_line())
-            if is_collapsed(scalars["health/target_feature_std"], 1e-4):
+            std = scalars.get("health/target_feature_std")
+            if std is not None and is_collapsed(std, 1e-4):
                 log.warning("target features look collapsed (std across the batch ~ 0)")
         self.metrics.log_scalars(step, scalars)
 

@@ -152,6 +152,58 @@ class TargetEncoder:
             raise RuntimeError(f"no fp32 master weight found for a {param.dtype} student parameter")
         return fp32
 
+    @torch.no_grad()
+    def full_state_dict(self, keep: bool = True) -> dict[str, torch.Tensor]:
+        """The full fp32 state dict (cloned), in ``module.state_dict()`` key order.
+
+        Under ZeRO-3 the parameters are gathered one unit (one block) at a time, so beyond what
+        it keeps a rank holds one gathered block, never the whole encoder twice. Every rank
+        must call it (the gathers are collective); ``keep=False`` takes part and keeps nothing
+        (ranks other than the one that writes the file), returning ``{}``.
+        """
+        module = self.module
+        if not self.partitioned:
+            return {k: v.detach().clone() for k, v in module.state_dict().items()} if keep else {}
+        import deepspeed
+
+        names = {id(p): name for name, p in module.named_parameters()}
+        kept: dict[str, torch.Tensor] = {}
+        for unit, recurse in _gather_units(module):
+            params = list(unit.parameters(recurse=recurse))
+            if not params:
+                continue
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                if keep:
+                    kept.update((names[id(p)], p.detach().float().clone()) for p in params)
+        if not keep:
+            return {}
+        order = module.state_dict(keep_vars=True)
+        return {k: kept[k] if k in kept else v.detach().clone() for k, v in order.items()}
+
+    @torch.no_grad()
+    def load_full_state_dict(self, state_dict: dict[str, torch.Tensor], rank: int) -> None:
+        """Copy a full fp32 state dict in (keys already checked by the caller).
+
+        Under ZeRO-3 rank 0's values are written one gathered unit at a time and re-partitioned
+        (``modifier_rank=0``); the other ranks only take part, so their ``state_dict`` may be a
+        memory-mapped file that is never read.
+        """
+        module = self.module
+        if not self.partitioned:
+            module.load_state_dict(state_dict, strict=True)
+            return
+        import deepspeed
+
+        names = {id(p): name for name, p in module.named_parameters()}
+        for unit, recurse in _gather_units(module):
+            params = list(unit.parameters(recurse=recurse))
+            if not params:
+                continue
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+                if rank == 0:
+                    for p in params:
+                        p.data.copy_(state_dict[names[id(p)]])
+
     def local_numel(self) -> int:
         """Parameter elements stored on this rank (partition only under ZeRO-3)."""
         return sum(self._target_tensor(p).numel() for p in self.module.parameters())

@@ -11,6 +11,7 @@ import torch
 from ijepa_ds.config import gradient_accumulation_steps
 from ijepa_ds.data import build_dataset, build_train_loader, build_train_transform
 from ijepa_ds.distributed import DistEnv
+from ijepa_ds.hostmem import pin_mmap_threshold
 from ijepa_ds.masks import MaskCollator, build_mask_sampler_from_config
 from ijepa_ds.schedules import Schedule
 from ijepa_ds.train.engine import build_engine
@@ -89,7 +90,13 @@ def build_student(cfg) -> IJEPAStudent:
 
 
 def build_trainer(cfg, dist_env: DistEnv, ds_config: dict) -> Trainer:
-    """Everything but the data loader, which depends on the step to start from."""
+    """Everything but the data loader, which depends on the step to start from.
+
+    CPU ranks pin glibc's mmap threshold first (``ijepa_ds.hostmem``): without it, a ZeRO-3
+    rank's freed gather buffers stay in its heap and its RSS grows by gigabytes at ViT-H size.
+    """
+    if not torch.cuda.is_available():
+        pin_mmap_threshold()
     world = dist_env.world_size
     gbs = global_batch(cfg, world)
     dataset = build_train_dataset(cfg)

@@ -26,7 +26,8 @@ EXPECTED_FIELDS = {
     "ipe_scale max_steps",
     "ema": "momentum_start momentum_end",
     "loss": "kind on_nonfinite",
-    "logging": "output_dir run_name log_every tensorboard image_every jsonl",
+    "logging": "output_dir run_name log_every tensorboard image_every jsonl wandb wandb_project "
+    "wandb_entity wandb_mode wandb_tags",
     "checkpoint": "every_steps every_minutes keep_last milestone_every save_at_end",
     "deepspeed": "config zero_stage offload_optimizer offload_param",
     "eval": "knn_k knn_temperature linear_lrs linear_wds linear_epochs feature_pool batch_size "

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 
 from ijepa_ds.config import (
     Config,
+    ConfigError,
     check_mask_settings,
     gradient_accumulation_steps,
     load_config,
@@ -55,7 +57,10 @@ INVALID = [
     (["deepspeed.zero_stage=4"], "deepspeed.zero_stage=4", "0, 1, 2 or 3"),
     (["model.act_ckpt_encoder=-1"], "model.act_ckpt_encoder=-1", "must be >= 0"),
     (["model.act_ckpt_predictor=-2"], "model.act_ckpt_predictor=-2", "must be >= 0"),
-    (["model.act_ckpt_cpu_offload=true"], "model.act_ckpt_cpu_offload=True", "'deepspeed'"),
+    (["model.act_ckpt_cpu_offload=true"], "model.act_ckpt_cpu_offload=True",
+     "needs model.act_ckpt_encoder or model.act_ckpt_predictor > 0 (are 0 and 0)"),
+    (["model.act_ckpt_impl=fairscal"], "model.act_ckpt_impl='fairscal'",
+     "must be one of ['torch', 'deepspeed', 'fairscale'] (did you mean 'fairscale'?)"),
     (["deepspeed.offload_param=true", "deepspeed.zero_stage=2"], "deepspeed.offload_param=True",
      "ZeRO stage 3"),
     (["deepspeed.offload_optimizer=true", "deepspeed.zero_stage=0"],
@@ -70,6 +75,11 @@ INVALID = [
     (["eval.best_metric=knn"], "eval.best_metric='knn'", "eval.health_every_steps > 0"),
     (["seed=-1"], "seed=-1", "[0, 2**32)"),
     (["model.drop_path_rate=1.0"], "model.drop_path_rate=1.0", "[0, 1)"),
+    (["logging.wandb_mode=ofline"], "logging.wandb_mode='ofline'",
+     "must be one of ['online', 'offline', 'disabled'] (did you mean 'offline'?)"),
+    (["logging.wandb=true", "logging.wandb_project="], "logging.wandb_project=''",
+     "must not be empty with logging.wandb=true"),
+    (["logging.wandb_tags=[ok, '']"], "logging.wandb_tags=('ok', '')", "1 to 64 characters"),
 ]  # fmt: skip
 
 
@@ -79,6 +89,14 @@ def test_invalid_config_is_rejected_naming_field_value_and_rule(overrides, field
     with pytest.raises(ValueError, match=re.escape(field) + ".*" + re.escape(rule)) as exc:
         validate_config(cfg)
     assert "\n" not in str(exc.value), "each case should break exactly one rule"
+
+
+def test_wandb_without_the_package_is_a_config_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed: import fails
+    with pytest.raises(ConfigError, match=r"logging.wandb=True: needs the wandb package "
+                       r"\(pip install 'ijepa-ds\[wandb\]'\)"):  # fmt: skip
+        validate_config(load_config(None, ["logging.wandb=true"]))
+    validate_config(load_config(None, ["logging.wandb=false"]))  # off: the package is not needed
 
 
 def test_the_defaults_and_valid_edge_values_pass():
@@ -93,6 +111,7 @@ def test_the_defaults_and_valid_edge_values_pass():
                 "mask.allow_overlap=true",
                 "model.act_ckpt_impl=deepspeed",
                 "model.act_ckpt_cpu_offload=true",
+                "model.act_ckpt_predictor=1",
                 "deepspeed.offload_param=true",  # zero_stage -1: the JSON decides
                 "eval.best_metric=knn",
                 "eval.health_every_steps=100",
@@ -173,3 +192,21 @@ def test_mask_settings_on_small_grids():
     for compat in ("ijepa_ds", "reference"):
         errors = check_mask_settings(compat, 4, 4, npred=4, min_keep=10, allow_overlap=False, **ref)
         assert len(errors) == 1 and "mask.min_keep=10" in errors[0], compat
+
+
+@pytest.mark.parametrize("impl", ["torch", "deepspeed", "fairscale"])
+def test_every_checkpointing_implementation_may_offload(impl):
+    overrides = ["model.act_ckpt_encoder=2", "model.act_ckpt_cpu_offload=true"]
+    validate_config(load_config(None, [f"model.act_ckpt_impl={impl}", *overrides]))
+
+
+def test_fairscale_without_the_package_is_a_config_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "fairscale", None)  # as if not installed: find_spec is None
+    cfg = load_config(None, ["model.act_ckpt_impl=fairscale", "model.act_ckpt_encoder=1"])
+    with pytest.raises(
+        ConfigError,
+        match=r"model.act_ckpt_impl='fairscale': needs the fairscale package, which is not "
+        r"installed \(pip install '\.\[fairscale\]'",
+    ):
+        validate_config(cfg)
+    validate_config(load_config(None, ["model.act_ckpt_encoder=1"]))  # torch: not needed

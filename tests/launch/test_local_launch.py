@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,13 @@ def test_deepspeed_command_uses_hostfile_and_passes_no_local_rank_argument():
 def test_bad_launches_are_refused_before_starting(argv, match):
     with pytest.raises(ConfigError, match=match):
         run_local(_args(*argv, "--dry-run", "--config", "fmnist_tiny"))
+
+
+def test_fairscale_checkpointing_without_the_package_is_refused_before_starting(monkeypatch):
+    monkeypatch.setitem(sys.modules, "fairscale", None)  # as if not installed
+    args = _args("--dry-run", "--config", "fmnist_tiny", "model.act_ckpt_impl=fairscale")
+    with pytest.raises(ConfigError, match="needs the fairscale package"):
+        run_local(args)
 
 
 def test_environment_defaults_do_not_override_the_caller():

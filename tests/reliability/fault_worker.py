@@ -9,7 +9,9 @@ fresh run, ``auto``, or ``auto+fallback``. ``fault`` is one of
 - ``hang-step:R:S``: rank R stops answering in the middle of step S (sleeps);
 - ``kill-save:R:S``: rank R sends itself SIGKILL during the checkpoint save of step S, right
   after DeepSpeed wrote its first file;
-- ``poison:P``: the sample at global position P has NaN pixels (a non-finite loss).
+- ``poison:P``: the sample at global position P has NaN pixels (a non-finite loss);
+- ``pause-step:S:PATH``: every rank waits at the start of optimizer step S until the file
+  PATH exists (a job that is alive, holding its run folder, for as long as a test needs).
 
 Every rank that returns writes ``<out_prefix>.rank<R>.json``: the losses, the step the run
 started at and its checkpoints, or the error it stopped with.
@@ -49,6 +51,17 @@ def _inject_step_fault(action: str, rank: int, step: int) -> None:
     loop.micro_step = faulty
 
 
+def _inject_pause(step: int, gate: str) -> None:
+    original = loop.micro_step
+
+    def paused(trainer, batch, done, grad_norms=None):
+        while done + 1 == step and not os.path.exists(gate):
+            time.sleep(0.1)
+        return original(trainer, batch, done, grad_norms)
+
+    loop.micro_step = paused
+
+
 def _inject_save_fault(rank: int, step: int) -> None:
     original = saver.save_checkpoint
 
@@ -86,6 +99,9 @@ def main(out_prefix: str, run_root: str, run_name: str, fault: str, resume: str,
         _inject_save_fault(*map(int, where.split(":")))
     elif kind == "poison":
         _inject_poison(int(where))
+    elif kind == "pause-step":
+        step, gate = where.split(":", 1)
+        _inject_pause(int(step), gate)
     elif kind != "none":
         raise SystemExit(f"unknown fault {fault!r}")
     args = argparse.Namespace(

@@ -21,14 +21,14 @@ def tiny_overrides(run_root: str, name: str, stage: int, max_steps: int, *extra:
 
 
 def run_training_keep_trainer(
-    overrides: list[str], resume: str = "", captured: dict | None = None
+    overrides: list[str], resume: str = "", captured: dict | None = None, config: str = "fmnist_tiny"
 ) -> tuple[dict, object]:
     """``run_training`` exactly as the CLI calls it; returns (its result, the trainer it built).
 
     ``captured["trainer"]`` also holds the trainer when training raises.
     """
     args = argparse.Namespace(
-        config="fmnist_tiny", overrides=overrides, resume=resume, resume_fallback=False,
+        config=config, overrides=overrides, resume=resume, resume_fallback=False,
         local_rank=None,
     )  # fmt: skip
     captured = {} if captured is None else captured

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ijepa_ds.checkpoint.layout import complete_checkpoints, read_latest
-from tests.helpers import REPO, cpu_env
+from tests.helpers import REPO, cpu_env, train_command
 from tests.train.equivalence_worker import OVERRIDES
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
@@ -19,20 +18,10 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
 def _train(nproc: int, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "ijepa_ds",
-        "train",
-        *args,
-    ]
     return subprocess.run(
-        cmd, env=cpu_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
+        train_command(nproc, *args), env=cpu_env(), cwd=REPO, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
 
 
 @pytest.mark.skipif(not FMNIST.exists(), reason="needs apt-get install dataset-fashion-mnist")

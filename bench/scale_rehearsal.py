@@ -1,0 +1,166 @@
+"""Scale rehearsal: the real ``vit_h14_in1k`` preset on 2 CPU ranks under ZeRO-3, and its whole
+checkpoint life-cycle, through the product's own entry points.
+
+    python bench/scale_rehearsal.py [--root DIR] [--only train,offload,resume,elastic,convert,vitg]
+
+Every phase is one real command (``torchrun ... -m ijepa_ds train`` or ``ijepa-ds convert``),
+run alone on the machine. Memory is each rank's resident set, sampled every 0.5 s from
+``/proc`` (psutil) over the process tree, and its kernel high-water mark. Overrides touch only
+batch size, steps, data and checkpoint cadence (plus the ZeRO-3 JSON and activation
+checkpointing, which the rehearsal is about). Writes ``bench/results/scale_rehearsal.json``;
+``bench/results/scale_rehearsal.md`` is written by hand from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results" / "scale_rehearsal.json"
+GIB = 1024.0**3
+
+COMMON = [
+    "data.dataset=synthetic", "data.synthetic_size=64", "data.batch_size=1",
+    "data.global_batch_size=2", "data.num_workers=0", "data.pin_memory=false",
+    "model.act_ckpt_encoder=1", "model.act_ckpt_predictor=1", "checkpoint.every_minutes=0",
+    "logging.log_every=1", "eval.health_every_steps=0", "eval.pretrain_val_every_epochs=0",
+]  # fmt: skip
+STEP_LINE = re.compile(r"^(\S+ \S+) \[rank 0\] INFO \S+: step (\d+)/\d+ \| ep \d+ \| loss (\S+)")
+SAVED_LINE = re.compile(r"saved (\S+) \((\w+)\) in ([\d.]+) s")
+
+
+class TreeSampler:
+    """Peak RSS (bytes) of each process in a tree, sampled every ``period`` seconds."""
+
+    def __init__(self, root_pid: int, period: float = 0.5):
+        self.root, self.period, self.peaks = psutil.Process(root_pid), period, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            for proc in procs:
+                try:
+                    rss = proc.memory_info().rss
+                    name = " ".join(proc.cmdline()[1:4])
+                except psutil.Error:
+                    continue
+                self.peaks[proc.pid] = max(self.peaks.get(proc.pid, (0, ""))[0], rss), name
+            time.sleep(self.period)
+
+    def stop(self) -> list[float]:
+        """Peak RSS in GiB of the processes that held more than 256 MiB, largest first."""
+        self._stop.set()
+        self._thread.join()
+        return sorted((p / GIB for p, _ in self.peaks.values() if p > 2**28), reverse=True)
+
+
+def run(cmd: list[str], log: Path) -> dict:
+    """Run ``cmd`` (its output to ``log``); wall time, exit code and per-process peak RSS."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONPATH=str(REPO))
+    print("$", " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        sampler = TreeSampler(proc.pid)
+        code = proc.wait()
+    peaks = sampler.stop()
+    row = {"cmd": " ".join(cmd), "rc": code, "wall_s": time.perf_counter() - start,
+           "peak_rss_gib": peaks, "log": str(log)}  # fmt: skip
+    print(f"  rc {code}, {row['wall_s']:.0f} s, peak RSS {[round(p, 2) for p in peaks]} GiB")
+    return row
+
+
+def parse_log(log: Path) -> dict:
+    """Step times (from consecutive step lines), losses and saves of a training log."""
+    steps, saves = [], []
+    for line in log.read_text().splitlines():
+        if m := STEP_LINE.match(line):
+            stamp = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
+            steps.append((int(m.group(2)), float(m.group(3)), stamp))
+        elif m := SAVED_LINE.search(line):
+            saves.append({"folder": m.group(1), "reason": m.group(2), "s": float(m.group(3))})
+    return {"losses": {s: loss for s, loss, _ in steps}, "saves": saves,
+            "step_stamps": [t for _, _, t in steps]}  # fmt: skip
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else (
+        path.stat().st_size if path.exists() else 0
+    )
+
+
+def train(root: Path, name: str, ds: str, steps: int, nproc: int = 2, extra=(), resume=None):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "ijepa_ds", "train", "--config",
+           extra[0] if extra and extra[0].startswith("vit_") else "vit_h14_in1k",
+           *COMMON, f"deepspeed.config={ds}", f"schedule.max_steps={steps}",
+           "checkpoint.every_steps=2", f"logging.output_dir={root}", f"logging.run_name={name}",
+           *[e for e in extra if not e.startswith("vit_")]]  # fmt: skip
+    if resume:
+        cmd += ["--resume", str(resume)]
+    row = run(cmd, root / f"{name}.log")
+    row.update(parse_log(root / f"{name}.log"))
+    for save in row["saves"]:
+        save["bytes"] = folder_bytes(Path(save["folder"]))
+    return row
+
+
+def convert(root: Path, src: Path, dst: Path, kind: str, *extra: str) -> dict:
+    cmd = [sys.executable, "-m", "ijepa_ds", "convert", "--to", kind, *extra, str(src), str(dst)]
+    row = run(cmd, root / f"convert-{kind}.log")
+    row["bytes"] = folder_bytes(dst)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="/tmp/ijepa-scale")
+    parser.add_argument("--only", default="train,offload,resume,elastic,convert,vitg")
+    args = parser.parse_args()
+    root = Path(args.root)
+    root.mkdir(parents=True, exist_ok=True)
+    phases = args.only.split(",")
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    step2 = root / "zero3" / "checkpoints" / "step_00000002"
+    if "train" in phases:
+        results["train_zero3"] = train(root, "zero3", "zero3", 3)
+    if "offload" in phases:
+        results["train_zero3_offload"] = train(root, "zero3_offload", "zero3_offload", 3)
+    if "resume" in phases:
+        results["resume_2_ranks"] = train(root, "resumed", "zero3", 3, resume=step2)
+    if "elastic" in phases:
+        results["elastic_1_rank"] = train(root, "elastic", "zero3", 3, nproc=1, resume=step2)
+    if "convert" in phases:
+        results["convert_consolidated"] = convert(root, step2, root / "h14.pt", "consolidated")
+        results["convert_consolidated_no_opt"] = convert(
+            root, step2, root / "h14-weights.pt", "consolidated", "--no-optimizer"
+        )
+        results["convert_reference"] = convert(root, step2, root / "h14.pth.tar", "reference")
+        results["convert_timm"] = convert(root, step2, root / "h14-timm.safetensors", "timm")
+    if "vitg" in phases:
+        vitg = ["vit_g16_in22k", "model.depth=4"]
+        results["vitg_depth4"] = train(root, "vitg", "zero3", 3, extra=vitg)
+        step = root / "vitg" / "checkpoints" / "step_00000002"
+        results["vitg_convert"] = convert(root, step, root / "g16-timm.safetensors", "timm")
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
