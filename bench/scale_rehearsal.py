@@ -35,7 +35,7 @@ COMMON = [
     "model.act_ckpt_encoder=1", "model.act_ckpt_predictor=1", "checkpoint.every_minutes=0",
     "logging.log_every=1", "eval.health_every_steps=0", "eval.pretrain_val_every_epochs=0",
 ]  # fmt: skip
-STEP_LINE = re.compile(r"^(\S+ \S+) \[rank 0\] INFO \S+: step (\d+)/\d+ \| ep \d+ \| loss (\S+)")
+EXTRA: list[str] = []  # --extra
 SAVED_LINE = re.compile(r"saved (\S+) \((\w+)\) in ([\d.]+) s")
 
 
@@ -86,17 +86,18 @@ def run(cmd: list[str], log: Path) -> dict:
     return row
 
 
-def parse_log(log: Path) -> dict:
-    """Step times (from consecutive step lines), losses and saves of a training log."""
-    steps, saves = [], []
-    for line in log.read_text().splitlines():
-        if m := STEP_LINE.match(line):
-            stamp = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
-            steps.append((int(m.group(2)), float(m.group(3)), stamp))
-        elif m := SAVED_LINE.search(line):
-            saves.append({"folder": m.group(1), "reason": m.group(2), "s": float(m.group(3))})
-    return {"losses": {s: loss for s, loss, _ in steps}, "saves": saves,
-            "step_stamps": [t for _, _, t in steps]}  # fmt: skip
+def parse_run(run_dir: Path, log: Path) -> dict:
+    """Losses (full precision) and step end times from ``metrics.jsonl``; saves from the log."""
+    saves = [
+        {"folder": m.group(1), "reason": m.group(2), "s": float(m.group(3))}
+        for m in map(SAVED_LINE.search, log.read_text().splitlines())
+        if m
+    ]
+    metrics = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    rows = [r for r in rows if "loss" in r]
+    return {"losses": {r["step"]: r["loss"] for r in rows}, "saves": saves,
+            "step_end_times": {r["step"]: r["time"] for r in rows}}  # fmt: skip
 
 
 def folder_bytes(path: Path) -> int:
@@ -105,17 +106,17 @@ def folder_bytes(path: Path) -> int:
     )
 
 
-def train(root: Path, name: str, ds: str, steps: int, nproc: int = 2, extra=(), resume=None):
+def train(root: Path, name: str, steps: int, nproc: int = 2, extra=(), resume=None,
+          config: str = "vit_h14_in1k") -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "ijepa_ds", "train", "--config",
-           extra[0] if extra and extra[0].startswith("vit_") else "vit_h14_in1k",
-           *COMMON, f"deepspeed.config={ds}", f"schedule.max_steps={steps}",
+           f"--nproc_per_node={nproc}", "-m", "ijepa_ds", "train", "--config", config,
+           *COMMON, "deepspeed.config=zero3", f"schedule.max_steps={steps}",
            "checkpoint.every_steps=2", f"logging.output_dir={root}", f"logging.run_name={name}",
-           *[e for e in extra if not e.startswith("vit_")]]  # fmt: skip
+           *extra, *EXTRA]  # fmt: skip
     if resume:
         cmd += ["--resume", str(resume)]
     row = run(cmd, root / f"{name}.log")
-    row.update(parse_log(root / f"{name}.log"))
+    row.update(parse_run(root / name, root / f"{name}.log"))
     for save in row["saves"]:
         save["bytes"] = folder_bytes(Path(save["folder"]))
     return row
@@ -128,24 +129,71 @@ def convert(root: Path, src: Path, dst: Path, kind: str, *extra: str) -> dict:
     return row
 
 
+def planned(config: str, world: int, overrides: list[str], gpu_mem: float = 24.0) -> dict:
+    """``ijepa-ds plan``'s per-rank terms (GiB) for one configuration."""
+    from ijepa_ds.config import load_config, validate_config
+    from ijepa_ds.perf.plan import plan
+
+    cfg = load_config(config, overrides)
+    validate_config(cfg, world_size=world)
+    est = plan(cfg, world, gpu_mem).estimate
+    out = {k: v / GIB for k, v in est.as_dict().items()}
+    out.update({f"phase_{k}": v / GIB for k, v in est.phase_peaks().items()})
+    return out
+
+
+def rehearsal_plans() -> dict:
+    """The planner for each measured configuration (same overrides as the runs)."""
+    base = [*COMMON, "deepspeed.config=zero3", *EXTRA]
+    return {
+        "zero3": planned("vit_h14_in1k", 2, base),
+        "zero3_offload": planned("vit_h14_in1k", 2, [*base, "deepspeed.offload_optimizer=true"]),
+        "zero3_1_rank": planned("vit_h14_in1k", 1, base),
+        "vitg_depth4": planned("vit_g16_in22k", 2, [*base, "model.depth=4"]),
+    }
+
+
+def vitg_plan_table(gpu_mem: float = 80.0) -> list[dict]:
+    """ViT-G/16 at the paper's global batch 2048 on 16/32/64 GPUs: modelled peak per GPU."""
+    rows = []
+    for world in (16, 32, 64):
+        for batch in sorted({2048 // world, 16}, reverse=True):
+            for stage in (1, 2, 3):
+                for ckpt in (0, 1):
+                    for offload in (False, True):
+                        overrides = [
+                            "data.dataset=synthetic", f"data.batch_size={batch}",
+                            f"deepspeed.config=zero{stage}", f"model.act_ckpt_encoder={ckpt}",
+                            f"model.act_ckpt_predictor={ckpt}",
+                            f"deepspeed.offload_optimizer={str(offload).lower()}",
+                        ]  # fmt: skip
+                        peak = planned("vit_g16_in22k", world, overrides, gpu_mem)["peak"]
+                        rows.append({"world": world, "batch": batch, "stage": stage,
+                                     "act_ckpt": ckpt, "offload": offload, "peak_gib": peak})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="/tmp/ijepa-scale")
-    parser.add_argument("--only", default="train,offload,resume,elastic,convert,vitg")
+    parser.add_argument("--only", default="train,offload,resume,elastic,convert,vitg,plan")
+    parser.add_argument("--extra", nargs="*", default=[], help="more overrides (smoke runs)")
     args = parser.parse_args()
+    EXTRA.extend(args.extra)
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     phases = args.only.split(",")
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     step2 = root / "zero3" / "checkpoints" / "step_00000002"
     if "train" in phases:
-        results["train_zero3"] = train(root, "zero3", "zero3", 3)
+        results["train_zero3"] = train(root, "zero3", 3)
     if "offload" in phases:
-        results["train_zero3_offload"] = train(root, "zero3_offload", "zero3_offload", 3)
+        offload = ["deepspeed.offload_optimizer=true"]
+        results["train_zero3_offload"] = train(root, "zero3_offload", 3, extra=offload)
     if "resume" in phases:
-        results["resume_2_ranks"] = train(root, "resumed", "zero3", 3, resume=step2)
+        results["resume_2_ranks"] = train(root, "resumed", 3, resume=step2)
     if "elastic" in phases:
-        results["elastic_1_rank"] = train(root, "elastic", "zero3", 3, nproc=1, resume=step2)
+        results["elastic_1_rank"] = train(root, "elastic", 3, nproc=1, resume=step2)
     if "convert" in phases:
         results["convert_consolidated"] = convert(root, step2, root / "h14.pt", "consolidated")
         results["convert_consolidated_no_opt"] = convert(
@@ -154,10 +202,14 @@ def main() -> None:
         results["convert_reference"] = convert(root, step2, root / "h14.pth.tar", "reference")
         results["convert_timm"] = convert(root, step2, root / "h14-timm.safetensors", "timm")
     if "vitg" in phases:
-        vitg = ["vit_g16_in22k", "model.depth=4"]
-        results["vitg_depth4"] = train(root, "vitg", "zero3", 3, extra=vitg)
+        results["vitg_depth4"] = train(
+            root, "vitg", 3, extra=["model.depth=4"], config="vit_g16_in22k"
+        )
         step = root / "vitg" / "checkpoints" / "step_00000002"
         results["vitg_convert"] = convert(root, step, root / "g16-timm.safetensors", "timm")
+    if "plan" in phases:
+        results["plans"] = rehearsal_plans()
+        results["vitg_plan_80gb"] = vitg_plan_table()
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {RESULTS}")
 

@@ -50,6 +50,14 @@ def stopped_message(result: dict) -> str:
     )
 
 
+def _exit_undisturbed() -> None:
+    """Ignore SIGTERM/SIGINT for the rest of an early exit that every rank takes (nothing is
+    left to save). torchrun answers the first rank to exit non-zero with SIGTERM to the
+    others, which would turn their exit code into a death by that signal."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _handler(args: argparse.Namespace) -> int:
     from ijepa_ds.checkpoint.resume import CheckpointError
     from ijepa_ds.checkpoint.run_lock import RunLockedError
@@ -64,15 +72,13 @@ def _handler(args: argparse.Namespace) -> int:
         # Reported like a config error: a clear message naming the file or setting, exit code 2.
         raise ConfigError(str(err)) from err
     except RunLockedError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _exit_undisturbed()
+        print(f"error: {err}", file=sys.stderr, flush=True)
         return EXIT_RUN_LOCKED
     if result["stopped_by"] is None:
         shutdown_distributed()
         return 0
-    # Saved: only the exit is left. torchrun answers the first rank to exit 75 with SIGTERM
-    # to the others, which must not turn their 75 into a death by signal.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
+    _exit_undisturbed()
     if os.environ.get("RANK", "0") == "0":
         print(stopped_message(result), file=sys.stderr, flush=True)
     shutdown_distributed()

@@ -19,14 +19,14 @@ from tests.reliability.faults import jsonl_losses
 from tests.train.equivalence_worker import OVERRIDES
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
-STEPS = 16
+STEPS = 10
 # 512 samples: 32 steps per epoch, so every stop is mid-epoch.
 RUN = [o for o in OVERRIDES if "max_steps" not in o and "synthetic_size" not in o] + [
     "data.synthetic_size=512", f"schedule.max_steps={STEPS}", "checkpoint.every_steps=0",
     "checkpoint.save_at_end=true", "logging.jsonl=true", "logging.log_every=1",
 ]  # fmt: skip
 STOPPED = re.compile(
-    r"^ijepa-ds: stopped by (SIG\w+) at step (\d+) of 16; checkpoint saved to (\S+); "
+    rf"^ijepa-ds: stopped by (SIG\w+) at step (\d+) of {STEPS}; checkpoint saved to (\S+); "
     r"continue with --resume auto$",
     re.M,
 )
@@ -93,7 +93,7 @@ def test_sigterm_to_the_job_saves_and_resume_auto_continues_bit_identically(tmp_
 
     resumed = _train(*_args(tmp_path, "job"), "--resume", "auto")
     assert resumed.returncode == 0, without_noise(resumed.stderr)[-6000:]
-    logged = [int(s) for s in re.findall(r"step (\d+)/16 \|", resumed.stdout)]
+    logged = [int(s) for s in re.findall(rf"step (\d+)/{STEPS} \|", resumed.stdout)]
     assert logged == list(range(step + 1, STEPS + 1))  # continued, not restarted
     after = {s: v for s, v in jsonl_losses(run_dir).items() if s > step}
     assert {**before, **after} == reference  # exact float equality
