@@ -88,7 +88,10 @@ def attention_check(device) -> dict:
     cfg = load_config("vit_h14_in1k", SYNTH)
     student = build_student(cfg).to(device).to(torch.bfloat16)
     imgs, masks_enc, masks_pred = _batch(cfg, 4, device)
-    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+    with (
+        torch.no_grad(),
+        torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof,
+    ):
         student(imgs.to(torch.bfloat16), masks_enc, masks_pred)
     names = {e.key for e in prof.key_averages()}
     fast = sorted(n for n in names if any(k in n.lower() for k in ("flash", "fmha", "efficient")))
@@ -135,7 +138,7 @@ def report(device_name: str, checks: dict) -> str:
         "# GPU check (`bash bench/gpu_check.sh`)", "", f"Device: {device_name}; torch "
         f"{torch.__version__}, CUDA {torch.version.cuda}.", "",
         "| check | figure | verdict |", "|---|---|---|",
-        f"| 1-GPU NCCL group | started, ViT-H trained in it | ok |",
+        "| 1-GPU NCCL group | started, ViT-H trained in it | ok |",
         f"| bf16 vs fp32 loss (ViT-B/16) | {p['fp32']['loss']:.5f} vs {p['bf16']['loss']:.5f}, "
         f"rel {p['rel']['loss']:.2e} (tol {LOSS_RTOL}) | {'ok' if p['ok'] else 'FAIL'} |",
         f"| bf16 vs fp32 grad norm | {p['fp32']['grad_norm']:.4f} vs {p['bf16']['grad_norm']:.4f}"

@@ -94,20 +94,31 @@ def parse_run(run_dir: Path, log: Path) -> dict:
         if m
     ]
     metrics = run_dir / "metrics.jsonl"
-    rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    rows = (
+        [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    )
     rows = [r for r in rows if "loss" in r]
     return {"losses": {r["step"]: r["loss"] for r in rows}, "saves": saves,
             "step_end_times": {r["step"]: r["time"] for r in rows}}  # fmt: skip
 
 
 def folder_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else (
-        path.stat().st_size if path.exists() else 0
+    return (
+        sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        if path.is_dir()
+        else (path.stat().st_size if path.exists() else 0)
     )
 
 
-def train(root: Path, name: str, steps: int, nproc: int = 2, extra=(), resume=None,
-          config: str = "vit_h14_in1k") -> dict:
+def train(
+    root: Path,
+    name: str,
+    steps: int,
+    nproc: int = 2,
+    extra=(),
+    resume=None,
+    config: str = "vit_h14_in1k",
+) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", "-m", "ijepa_ds", "train", "--config", config,
            *COMMON, "deepspeed.config=zero3", f"schedule.max_steps={steps}",
@@ -168,8 +179,16 @@ def vitg_plan_table(gpu_mem: float = 80.0) -> list[dict]:
                             f"deepspeed.offload_optimizer={str(offload).lower()}",
                         ]  # fmt: skip
                         peak = planned("vit_g16_in22k", world, overrides, gpu_mem)["peak"]
-                        rows.append({"world": world, "batch": batch, "stage": stage,
-                                     "act_ckpt": ckpt, "offload": offload, "peak_gib": peak})
+                        rows.append(
+                            {
+                                "world": world,
+                                "batch": batch,
+                                "stage": stage,
+                                "act_ckpt": ckpt,
+                                "offload": offload,
+                                "peak_gib": peak,
+                            }
+                        )
     return rows
 
 

@@ -21,8 +21,8 @@ from ijepa_ds.hostmem import pin_mmap_threshold
 pinned = pin_mmap_threshold() if sys.argv[1] == "pin" else False
 libc = ctypes.CDLL("libc.so.6")
 class Info(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split())]
 libc.mallinfo2.restype = Info
 big = torch.ones(6 << 20); del big
 keep = [torch.ones(1 << 20) for _ in range(16)]

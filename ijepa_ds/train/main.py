@@ -46,10 +46,11 @@ def prepare(args: argparse.Namespace):
         validate_paths(cfg)
         dist_timeout()  # a malformed IJEPA_DS_DIST_TIMEOUT_MINUTES fails here, not later
         ds_config = build_ds_config(cfg, dist_env.world_size)
-        if cfg.model.act_ckpt_cpu_offload and not torch.cuda.is_available():
+        offload = cfg.model.act_ckpt_cpu_offload and cfg.model.act_ckpt_impl == "deepspeed"
+        if offload and not torch.cuda.is_available():
             raise ConfigError(
-                "model.act_ckpt_cpu_offload=true needs a GPU: on a CPU device DeepSpeed's "
-                "offloaded copy shares storage with the activation it frees"
+                "model.act_ckpt_cpu_offload=true with act_ckpt_impl=deepspeed needs a GPU: on a "
+                "CPU device DeepSpeed's offloaded copy shares storage with the activation it frees"
             )
         if args.resume == "auto" and not cfg.logging.run_name:
             raise ConfigError("--resume auto needs logging.run_name (the run folder to look in)")

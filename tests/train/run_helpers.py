@@ -21,7 +21,10 @@ def tiny_overrides(run_root: str, name: str, stage: int, max_steps: int, *extra:
 
 
 def run_training_keep_trainer(
-    overrides: list[str], resume: str = "", captured: dict | None = None, config: str = "fmnist_tiny"
+    overrides: list[str],
+    resume: str = "",
+    captured: dict | None = None,
+    config: str = "fmnist_tiny",
 ) -> tuple[dict, object]:
     """``run_training`` exactly as the CLI calls it; returns (its result, the trainer it built).
 
