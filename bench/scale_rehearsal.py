@@ -135,7 +135,7 @@ def train(
 
 def convert(root: Path, src: Path, dst: Path, kind: str, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "ijepa_ds", "convert", "--to", kind, *extra, str(src), str(dst)]
-    row = run(cmd, root / f"convert-{kind}.log")
+    row = run(cmd, root / f"convert-{dst.name}.log")
     row["bytes"] = folder_bytes(dst)
     return row
 

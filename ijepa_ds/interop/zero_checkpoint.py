@@ -105,6 +105,26 @@ def _zero12_moments(optim: list[dict], param_shapes: list[dict]) -> tuple[dict, 
     return state, groups
 
 
+def _zero3_group_of(optim: list[dict]) -> dict[int, int]:
+    """ZeRO-3 sub-group index -> param group index. Each sub-group's flat partition is one
+    optimizer parameter; a param group (one of the reference's 4) lists the sub-groups it was
+    split into (`sub_group_size`), and `param_shapes` has one entry per sub-group."""
+    groups = optim[0]["optimizer_state_dict"]["optimizer_state_dict"]["param_groups"]
+    return {i: g for g, group in enumerate(groups) for i in group["params"]}
+
+
+def _group_names(shapes: list[dict], group_of: dict[int, int] | None) -> list[list[str]]:
+    """Parameter names per param group (ZeRO-3: its sub-groups' shapes joined)."""
+    if group_of is None:
+        return [list(s) for s in shapes]
+    names: list[list[str]] = []
+    for sub, sub_shapes in enumerate(shapes):
+        if group_of[sub] == len(names):
+            names.append([])
+        names[group_of[sub]].extend(sub_shapes)
+    return names
+
+
 def _zero3_moments(optim: list[dict], param_shapes: list[dict]) -> tuple[dict, list[dict]]:
     """As `_zero12_moments` for ZeRO-3: each parameter is cut into W pieces of ceil(numel / W)
     (the last one padded), piece r on rank r; a rank's pieces follow `param_shapes` order
@@ -112,6 +132,7 @@ def _zero3_moments(optim: list[dict], param_shapes: list[dict]) -> tuple[dict, l
     inner = [f["optimizer_state_dict"]["optimizer_state_dict"] for f in optim]
     sizes = [t.numel() for t in optim[0]["optimizer_state_dict"]["fp32_flat_groups"]]
     entries = [[_moments(o["state"], i) for i in range(len(sizes))] for o in inner]
+    group_of = _zero3_group_of(optim)
     state, groups, sub, local = {}, [], 0, 0
     for shapes in param_shapes:
         for i, (name, shape) in enumerate(shapes.items()):
@@ -121,8 +142,8 @@ def _zero3_moments(optim: list[dict], param_shapes: list[dict]) -> tuple[dict, l
                 sub, local = sub + 1, 0
             if local + piece > sizes[sub]:
                 raise ValueError(f"{name}: ZeRO-3 partition layout does not match its shapes")
-            if i == 0:
-                groups.append(dict(inner[0]["param_groups"][sub]))
+            if i == 0 and len(groups) <= group_of[sub]:  # param_shapes is per sub-group
+                groups.append(dict(inner[0]["param_groups"][group_of[sub]]))
             if entries[0][sub] is not None:
                 state[name] = {
                     k: torch.cat([e[sub][k][local : local + piece] for e in entries])[:numel]
@@ -216,10 +237,11 @@ def read_engine(
         state, groups = {}, []
         if moments:
             state, groups = (_zero3_moments if stage == 3 else _zero12_moments)(optim, shapes)
+        names_per_group = _group_names(shapes, _zero3_group_of(optim) if stage == 3 else None)
         del optim
         weights = _zero_weights(step_dir, progress)
     except (KeyError, IndexError, TypeError, ValueError) as err:
         raise ValueError(
             f"{engine_dir}: unexpected DeepSpeed checkpoint layout ({type(err).__name__}: {err})"
         ) from err
-    return weights, state, groups, [list(s) for s in shapes], stage
+    return weights, state, groups, names_per_group, stage

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from ijepa_ds.cli.main import main as cli_main
+from ijepa_ds.interop.consolidated import load_consolidated
 from ijepa_ds.train.ds_config import load_ds_json
 from tests.helpers import assert_ok, torchrun
 
@@ -35,3 +37,10 @@ def test_vit_h_width_zero3_resume_is_bit_identical_and_saves_lean(tmp_path):
     rank1_peaks = result["save_peak_kib"][1]
     assert len(rank1_peaks) == 3  # full run's end, split run's step 2 and end
     assert max(rank1_peaks) < 1.0 * target_kib, (rank1_peaks, target_kib)
+    # The sub-grouped ZeRO-3 shards convert, AdamW moments and the 4 reference groups included.
+    step2 = tmp_path / "runs" / "split" / "checkpoints" / "step_00000002"
+    out_file = tmp_path / "consolidated.pt"
+    assert cli_main(["convert", "--to", "consolidated", str(step2), str(out_file)]) == 0
+    optimizer = load_consolidated(out_file)["optimizer"]
+    assert len(optimizer["param_groups"]) == 4
+    assert all("exp_avg" in entry for entry in optimizer["state"].values())
