@@ -33,7 +33,6 @@ from fast_paths import bench_overrides, make_step
 from memory_probe import allocation_peak
 
 from ijepa_ds.config import load_config
-from ijepa_ds.distributed import detect_dist_env, init_distributed, shutdown_distributed
 from ijepa_ds.train.act_ckpt import configure_deepspeed_checkpointing
 from ijepa_ds.train.ds_config import build_ds_config
 from ijepa_ds.train.loop import micro_step
@@ -177,16 +176,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--out", default="")
     args = parser.parse_args()
-    env = detect_dist_env()
-    init_distributed(env)
-    start = common.machine_info()
-    text = run(args, env)
-    if env.rank == 0:
-        text = common.machine_header(start, common.load_average()) + "\n" + text
-        print(text)
-        if args.out:
-            common.write_result(args.out, text)
-    shutdown_distributed()
+    common.run_on_ranks(lambda env: run(args, env), args.out)
 
 
 if __name__ == "__main__":

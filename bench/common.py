@@ -135,6 +135,23 @@ def ratio_spread(base: list[float], other: list[float]) -> tuple[float, float, f
     return statistics.median(ratios), min(ratios), max(ratios)
 
 
+def run_on_ranks(run: Callable[[object], str], out: str = "") -> None:
+    """Start the process group, call ``run(dist_env)`` on every rank, then on rank 0 print its
+    text under the machine header (and write it to ``out``); the group is destroyed after."""
+    from ijepa_ds.distributed import detect_dist_env, init_distributed, shutdown_distributed
+
+    env = detect_dist_env()
+    init_distributed(env)
+    start = machine_info()
+    text = run(env)
+    if env.rank == 0:
+        text = machine_header(start, load_average()) + "\n" + text
+        print(text)
+        if out:
+            write_result(out, text)
+    shutdown_distributed()
+
+
 def write_result(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,6 @@ import common  # sets OMP_NUM_THREADS, puts the repo on sys.path
 import torch
 
 from ijepa_ds.config import load_config
-from ijepa_ds.distributed import detect_dist_env, init_distributed, shutdown_distributed
 from ijepa_ds.models.layers import resolve_attn_impl
 from ijepa_ds.perf.flops import StepShape, linear_flops, mfu, shape_from_config, step_flops
 from ijepa_ds.train.ds_config import build_ds_config
@@ -277,16 +276,7 @@ def main() -> None:
             common.write_result(args.out, text)
         print(text)
         return
-    env = detect_dist_env()
-    init_distributed(env)
-    start = common.machine_info()
-    text = run_comparison(args, env)
-    if env.rank == 0:
-        text = common.machine_header(start, common.load_average()) + "\n" + text
-        print(text)
-        if args.out:
-            common.write_result(args.out, text)
-    shutdown_distributed()
+    common.run_on_ranks(lambda env: run_comparison(args, env), args.out)
 
 
 if __name__ == "__main__":
