@@ -9,7 +9,6 @@ try again later) stopped by SIGTERM or SIGINT after saving a checkpoint, continu
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 
@@ -79,7 +78,7 @@ def _handler(args: argparse.Namespace) -> int:
         shutdown_distributed()
         return 0
     _exit_undisturbed()
-    if os.environ.get("RANK", "0") == "0":
+    if result["rank"] == 0:
         print(stopped_message(result), file=sys.stderr, flush=True)
     shutdown_distributed()
     return EXIT_STOPPED

@@ -125,6 +125,7 @@ def _train(args, cfg, dist_env, ds_config, run_dir, on_policy, stop_signals) -> 
         "start_step": start_step,
         "checkpoints": [str(p) for p in saver.saved],
         "stopped_by": saver.policy.stopped_by,
+        "rank": dist_env.rank,
         "total_steps": trainer.total_steps,
     }
 

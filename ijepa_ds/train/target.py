@@ -34,13 +34,18 @@ def _gather_units(module: nn.Module) -> list[tuple[nn.Module, bool]]:
     return units
 
 
+def _unit_params(module: nn.Module) -> list[tuple[nn.Module, list[nn.Parameter]]]:
+    """(unit, its parameters) for the units of ``_gather_units`` that hold any."""
+    pairs = [
+        (unit, list(unit.parameters(recurse=recurse))) for unit, recurse in _gather_units(module)
+    ]
+    return [(unit, params) for unit, params in pairs if params]
+
+
 def _register_gather_hooks(module: nn.Module) -> None:
     import deepspeed
 
-    for unit, recurse in _gather_units(module):
-        params = list(unit.parameters(recurse=recurse))
-        if not params:
-            continue
+    for unit, params in _unit_params(module):
 
         def pre_hook(mod, args, params=params):
             ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
@@ -168,10 +173,7 @@ class TargetEncoder:
 
         names = {id(p): name for name, p in module.named_parameters()}
         kept: dict[str, torch.Tensor] = {}
-        for unit, recurse in _gather_units(module):
-            params = list(unit.parameters(recurse=recurse))
-            if not params:
-                continue
+        for _, params in _unit_params(module):
             with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
                 if keep:
                     kept.update((names[id(p)], p.detach().float().clone()) for p in params)
@@ -195,10 +197,7 @@ class TargetEncoder:
         import deepspeed
 
         names = {id(p): name for name, p in module.named_parameters()}
-        for unit, recurse in _gather_units(module):
-            params = list(unit.parameters(recurse=recurse))
-            if not params:
-                continue
+        for _, params in _unit_params(module):
             with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
                 if rank == 0:
                     for p in params:
