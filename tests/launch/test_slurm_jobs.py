@@ -7,7 +7,7 @@ steps unless said otherwise):
 - ``two_nodes``: 2 nodes x 1 task through ``launchers/submit_slurm.py --wait`` (the reference);
 - ``preempted``: the same run, preempted with ``job._interrupt()`` once it trained 2 steps;
 - ``one_node``: 1 node x 2 tasks, twice, as a 2-task array sweeping a logging-only knob;
-- ``time_limit``: 1 task, 2-minute limit, long enough to hit it at least once;
+- ``time_limit``: 1 task, 2-minute limit, with more training than one allocation can hold;
 - ``cancelled``: cancelled as soon as it runs (the first test, so it frees its CPU early).
 """
 
@@ -35,9 +35,12 @@ from tests.train.equivalence_worker import OVERRIDES
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 STEPS = 20  # schedule.epochs=5 x 4 steps per epoch (64 synthetic images, global batch 16)
-# ~65 s of training on one unloaded rank: outlasts the first USR2, which SLURM sends 30-60 s
-# into a 2-minute job with --signal-delay 60 (it checks time limits every ~30 s).
-TIME_LIMIT_STEPS = 260
+# ~130 s of training on one unloaded rank: more than a 2-minute allocation holds once start-up is
+# counted, so the job must be requeued whatever its speed. SLURM sends USR2 anywhere from ~30 to
+# ~90 s into a 2-minute job with --signal-delay 60 (it checks time limits every ~30 s), so one
+# allocation trains ~15-75 s; 260 steps once finished inside the first one on CI.
+TIME_LIMIT_STEPS = 520
+TIME_LIMIT_TIMEOUT_S = 600  # 2-4 allocations, each up to ~90 s, plus requeue and start-up
 TINY = [*OVERRIDES, "schedule.max_steps=0", "logging.jsonl=true", "logging.log_every=1"]
 JOB_TIMEOUT_S = 360
 
@@ -85,7 +88,7 @@ def jobs(slurm_cluster, tmp_path_factory):
     out = tmp_path_factory.mktemp("slurm_runs")
     # Longest first: it mostly waits for its time limit.
     (time_limit,) = _submit(
-        out, "time_limit", "--time 2 --signal-delay 60 --max-requeues 8", TIME_LIMIT_STEPS // 4
+        out, "time_limit", "--time 2 --signal-delay 60 --max-requeues 12", TIME_LIMIT_STEPS // 4
     )
     reference = ["--nodes", "2", "--time", "10", "--wait", "--config", "fmnist_tiny", *TINY]
     reference += ["schedule.epochs=5", f"logging.output_dir={out}", "logging.run_name=two_nodes_%j"]
@@ -220,7 +223,7 @@ def test_one_node_array_of_two_runs_matches_the_two_node_run(jobs):
 
 def test_job_hitting_its_time_limit_is_requeued_and_completes(jobs):
     sub = jobs.time_limit
-    results = job_results(sub.job, sub.run_dir, timeout_s=JOB_TIMEOUT_S)
+    results = job_results(sub.job, sub.run_dir, timeout_s=TIME_LIMIT_TIMEOUT_S)
     assert results[0]["final_step"] == TIME_LIMIT_STEPS
     assert results[0]["restart"] >= 1
     assert len(_logged_losses(sub.run_dir)) == TIME_LIMIT_STEPS
