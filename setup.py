@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     # ds_configs/ stays at the repository root (the one copy to edit); wheels and sdists carry
-    # it as ijepa_ds/ds_configs/, where ijepa_ds.train.ds_config looks outside a checkout.
+    # it as ijepa_ds/ds_configs/, where ijepa_ds.backend.ds_config looks outside a checkout.
     packages=[*find_packages(include=["ijepa_ds", "ijepa_ds.*"]), "ijepa_ds.ds_configs"],
     package_dir={"ijepa_ds.ds_configs": "ds_configs"},
     package_data={"ijepa_ds.config.presets": ["*.yaml"], "ijepa_ds.ds_configs": ["*.json"]},
@@ -18,7 +18,7 @@ setup(
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",
-        "deepspeed>=0.19,<0.20",
+        "deepspeed>=0.19.8,<0.19.9",  # the range backend.guard.TESTED checks at start-up
         "numpy",
         "pyyaml",
         "tensorboard",

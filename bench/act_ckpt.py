@@ -32,9 +32,9 @@ import torch
 from fast_paths import bench_overrides, make_step
 from memory_probe import allocation_peak
 
+from ijepa_ds.backend.act_ckpt import configure_deepspeed_checkpointing
+from ijepa_ds.backend.ds_config import build_ds_config
 from ijepa_ds.config import load_config
-from ijepa_ds.train.act_ckpt import configure_deepspeed_checkpointing
-from ijepa_ds.train.ds_config import build_ds_config
 from ijepa_ds.train.loop import micro_step
 from ijepa_ds.train.step import compute_loss, move_batch
 from ijepa_ds.train.trainer import build_loader, build_trainer

@@ -60,11 +60,12 @@ def worker(out: str, root: str, stage: int, repeats: int) -> None:
     import torch
     import torch.distributed as dist
 
+    from ijepa_ds.backend.comm import init_distributed, shutdown_distributed
+    from ijepa_ds.backend.ds_config import build_ds_config
     from ijepa_ds.checkpoint.resume import load_checkpoint
     from ijepa_ds.checkpoint.saver import save_checkpoint
     from ijepa_ds.config import load_config
-    from ijepa_ds.distributed import detect_dist_env, init_distributed, shutdown_distributed
-    from ijepa_ds.train.ds_config import build_ds_config
+    from ijepa_ds.distributed import detect_dist_env
     from ijepa_ds.train.loop import train_loop
     from ijepa_ds.train.trainer import build_trainer
 

@@ -138,7 +138,8 @@ def ratio_spread(base: list[float], other: list[float]) -> tuple[float, float, f
 def run_on_ranks(run: Callable[[object], str], out: str = "") -> None:
     """Start the process group, call ``run(dist_env)`` on every rank, then on rank 0 print its
     text under the machine header (and write it to ``out``); the group is destroyed after."""
-    from ijepa_ds.distributed import detect_dist_env, init_distributed, shutdown_distributed
+    from ijepa_ds.backend.comm import init_distributed, shutdown_distributed
+    from ijepa_ds.distributed import detect_dist_env
 
     env = detect_dist_env()
     init_distributed(env)

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ijepa_ds.backend.param_groups import build_param_groups
 from ijepa_ds.config import load_config
 from ijepa_ds.data import build_train_loader, read_idx
 from ijepa_ds.data.fashion_mnist import IMAGES_MAGIC
 from ijepa_ds.loss import jepa_loss, make_targets
 from ijepa_ds.masks import MaskCollator, build_mask_sampler_from_config
-from ijepa_ds.train.param_groups import build_param_groups
 from ijepa_ds.train.target import TargetEncoder
 from ijepa_ds.train.trainer import build_student, build_train_dataset
 

@@ -32,10 +32,10 @@ import time
 import common  # sets OMP_NUM_THREADS, puts the repo on sys.path
 import torch
 
+from ijepa_ds.backend.ds_config import build_ds_config
 from ijepa_ds.config import load_config
 from ijepa_ds.models.layers import resolve_attn_impl
 from ijepa_ds.perf.flops import StepShape, linear_flops, mfu, shape_from_config, step_flops
-from ijepa_ds.train.ds_config import build_ds_config
 from ijepa_ds.train.loop import micro_step
 from ijepa_ds.train.trainer import build_loader, build_trainer
 
@@ -102,7 +102,7 @@ def make_step(trainer, batches: list, counter: list[int]):
     def run() -> None:
         step = counter[0]
         micro_step(trainer, batches[step], step)
-        if trainer.engine.was_step_applied():
+        if trainer.engine.step_applied():
             trainer.target.ema_update(trainer.schedule.momentum_at(step))
         counter[0] += 1
 

@@ -161,7 +161,7 @@ def main() -> None:
     torch.cuda.empty_cache()
     with tempfile.TemporaryDirectory() as root:
         checks["vit_h"] = vit_h_check(root)
-    from ijepa_ds.distributed import shutdown_distributed
+    from ijepa_ds.backend.comm import shutdown_distributed
 
     shutdown_distributed()
     text = report(torch.cuda.get_device_name(0), checks)

@@ -23,11 +23,12 @@ import common  # sets OMP_NUM_THREADS, puts the repo on sys.path)
 import torch.distributed as dist
 from memory_probe import SavedTensors, allocation_peak, held_bytes
 
+from ijepa_ds.backend.comm import init_distributed, shutdown_distributed
+from ijepa_ds.backend.ds_config import build_ds_config
 from ijepa_ds.config import load_config
-from ijepa_ds.distributed import detect_dist_env, init_distributed, shutdown_distributed
+from ijepa_ds.distributed import detect_dist_env
 from ijepa_ds.perf.flops import shape_from_config
 from ijepa_ds.perf.memory import ActivationSettings, EngineSettings, estimate_memory
-from ijepa_ds.train.ds_config import build_ds_config
 from ijepa_ds.train.step import compute_loss, move_batch
 from ijepa_ds.train.trainer import build_loader, build_trainer
 

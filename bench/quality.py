@@ -81,11 +81,11 @@ def write_init_run(run_dir: Path, init_dir: Path) -> Path:
     import torch
 
     from ijepa_ds.config import load_config
-    from ijepa_ds.train.student import build_encoder_from_config
+    from ijepa_ds.models.from_config import build_encoder_from_config
 
     cfg = load_config(str(run_dir / "config.yaml"))
     torch.manual_seed(cfg.seed)  # as train.trainer.build_student, before the encoder
-    encoder = build_encoder_from_config(cfg.model, cfg.data.crop_size)
+    encoder = build_encoder_from_config(cfg)
     step = init_dir / "checkpoints" / "step_00000000"
     step.mkdir(parents=True, exist_ok=True)
     shutil.copy(run_dir / "config.yaml", init_dir / "config.yaml")

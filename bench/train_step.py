@@ -33,14 +33,11 @@ import torch.distributed as dist  # noqa: E402
 from memory_probe import allocation_peak, held_bytes  # noqa: E402
 
 import ijepa_ds.train.loop as loop  # noqa: E402
+from ijepa_ds.backend.comm import init_distributed, shutdown_distributed  # noqa: E402
+from ijepa_ds.backend.ds_config import build_ds_config  # noqa: E402
 from ijepa_ds.config import load_config  # noqa: E402
-from ijepa_ds.distributed import (  # noqa: E402
-    detect_dist_env,
-    init_distributed,
-    shutdown_distributed,
-)
+from ijepa_ds.distributed import detect_dist_env  # noqa: E402
 from ijepa_ds.perf.flops import mfu, shape_from_config, step_flops  # noqa: E402
-from ijepa_ds.train.ds_config import build_ds_config  # noqa: E402
 from ijepa_ds.train.step import compute_loss, move_batch  # noqa: E402
 from ijepa_ds.train.trainer import build_loader, build_trainer  # noqa: E402
 

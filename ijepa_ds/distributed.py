@@ -16,12 +16,10 @@ independent copies.
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import re
 import socket
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -145,15 +143,6 @@ def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def skip_shm_op_build() -> None:
-    """Stop DeepSpeed from JIT-compiling its shared-memory comm op on CPU (40-150 s).
-
-    Training never uses it. ``import deepspeed.comm.torch as m`` would bind torch's own module
-    (the name shadows), so look the DeepSpeed module up by its full dotted name.
-    """
-    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-
-
 def dist_timeout(env: Mapping[str, str] | None = None) -> timedelta:
     """How long a collective may wait for a silent rank before it fails (finite, > 0).
 
@@ -174,13 +163,16 @@ def dist_timeout(env: Mapping[str, str] | None = None) -> timedelta:
     return timedelta(minutes=minutes)
 
 
-def init_distributed(
+def init_process_group(
     dist_env: DistEnv, backend: str | None = None, timeout: timedelta | None = None
 ) -> None:
-    """Export the resolved variables and start DeepSpeed's process group (env:// rendezvous).
+    """Export the resolved variables and start torch's default group (env:// rendezvous).
 
-    ``timeout`` bounds every collective (``dist_timeout()`` when None).
+    ``timeout`` bounds every collective (``dist_timeout()`` when None). Training goes through
+    ``backend.comm.init_distributed``, which calls this and then attaches DeepSpeed.
     """
+    import torch.distributed as dist
+
     os.environ.update(
         RANK=str(dist_env.rank),
         LOCAL_RANK=str(dist_env.local_rank),
@@ -188,69 +180,15 @@ def init_distributed(
         MASTER_ADDR=dist_env.master_addr,
         MASTER_PORT=str(dist_env.master_port),
     )
-    backend = backend or default_backend()
-    if backend == "gloo":
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        skip_shm_op_build()
     if torch.cuda.is_available():
         torch.cuda.set_device(dist_env.local_rank)
-    import deepspeed
-
-    timeout = timeout if timeout is not None else dist_timeout()
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
-    _create_deepspeed_world_group(timeout)
-
-
-def _create_deepspeed_world_group(timeout: timedelta) -> None:
-    """Create DeepSpeed's clone of the world group ourselves, with ``timeout``.
-
-    Every ZeRO collective (gradient reduction, parameter gathers) runs on that clone, which
-    DeepSpeed 0.19.8 creates on first use with a ``new_group`` that passes no timeout, so
-    torch's default (30 minutes for gloo, 10 for NCCL) would bound them instead of ``timeout``:
-    a hung rank would hold the others in the gradient reduction that long. The loop's own
-    collective comes after that reduction in each step, so it cannot notice the hang first.
-    """
-    import torch.distributed as dist
-    from deepspeed.utils import groups
-
-    if groups._WORLD_GROUP is None:
-        ranks = list(range(dist.get_world_size()))
-        groups._WORLD_GROUP = dist.new_group(ranks=ranks, timeout=timeout)
-
-
-def shutdown_distributed() -> None:
-    """After a clean finish: wait for every rank, then destroy all process groups.
-
-    Without this the groups are torn down by the interpreter's finalisers at exit, in no
-    particular order and while a faster peer may already be gone. Call it only once nothing
-    needs the groups any more (gathers of ZeRO-3 parameters included), and not on an error
-    path: the barrier would wait for ranks that are not coming. A no-op without a group.
-    """
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
-        abandon_distributed()
-
-
-def abandon_distributed() -> None:
-    """Destroy all process groups without a barrier, so none is left to the interpreter's
-    finalisers. A no-op without a group.
-
-    Only where this rank has no collective in flight, or destroying its group would wait for
-    that collective to time out: after an error every rank raised together at a point they
-    agreed on through a collective (a non-finite loss under ``stop``, a failed checkpoint
-    save), or after any error in code whose collectives all block (``ijepa-ds eval``). Not
-    after an arbitrary training error: DeepSpeed may have asynchronous collectives pending.
-    """
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        return
-    groups = sys.modules.get("deepspeed.utils.groups")  # never imported: nothing to forget
-    if groups is not None:
-        groups._WORLD_GROUP = None  # destroyed below with the rest
-    dist.destroy_process_group()
+    dist.init_process_group(
+        backend or default_backend(),
+        init_method="env://",
+        rank=dist_env.rank,
+        world_size=dist_env.world_size,
+        timeout=timeout if timeout is not None else dist_timeout(),
+    )
 
 
 def all_reduce_cpu(tensor: torch.Tensor, op=None) -> torch.Tensor:

@@ -97,8 +97,8 @@ def test_first_slurm_host(nodelist, first):
 SHUTDOWN_SCRIPT = """
 import torch.distributed as dist
 from deepspeed.utils import groups
-from ijepa_ds.distributed import (abandon_distributed, detect_dist_env, free_port,
-                                  init_distributed, shutdown_distributed)
+from ijepa_ds.distributed import detect_dist_env, free_port
+from ijepa_ds.backend.comm import abandon_distributed, init_distributed, shutdown_distributed
 shutdown_distributed()  # no group yet: nothing to do
 abandon_distributed()
 for close in (shutdown_distributed, abandon_distributed):

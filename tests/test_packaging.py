@@ -29,7 +29,7 @@ from pathlib import Path
 site, repo = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()
 sys.path[:] = [str(site)] + [p for p in sys.path if p and Path(p).resolve() != repo]
 from ijepa_ds.config import load_config
-from ijepa_ds.train import ds_config
+from ijepa_ds.backend import ds_config
 cfg = load_config("fmnist_tiny", ["deepspeed.config=zero1"])
 print(json.dumps({
     "module": ds_config.__file__,

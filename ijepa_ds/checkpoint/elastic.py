@@ -7,23 +7,19 @@ size or ZeRO stage differs, rank 0 converts ``<step>/engine`` once into ``<step>
 the engine is built with ``checkpoint.load_universal`` and loads it. The global batch stays the
 same; gradient accumulation is recomputed for the new world size by the config.
 
-DeepSpeed 0.19.8 bug handled here (REFERENCE.md section 5): a ZeRO-3 universal load with
-several parameter groups gives every group group 0's hyperparameters and one shared Adam
-``step`` tensor, which AdamW then increments once per group. Right after loading, each group's
-own hyperparameters are re-applied and each flat fp32 partition gets its own ``step``.
+DeepSpeed 0.19.8's ZeRO-3 multi-group universal-load bug is repaired by the engine's own
+``load(universal=True)`` (``backend.zero_files.fix_zero3_universal_groups``).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
+from ijepa_ds.backend.zero_files import run_ds_to_universal
 from ijepa_ds.checkpoint.layout import ENGINE_TAG, is_complete, write_complete_marker
 from ijepa_ds.fileio import TMP_PREFIX
 from ijepa_ds.observability import get_logger
@@ -55,23 +51,8 @@ def convert_to_universal(folder: Path) -> Path:
     tmp = folder / f"{TMP_PREFIX}{UNIVERSAL}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    cmd = [
-        sys.executable,
-        "-m",
-        "deepspeed.checkpoint.ds_to_universal",
-        "--input_folder",
-        str(folder / ENGINE_TAG),
-        "--output_folder",
-        str(tmp / ENGINE_TAG),
-        "--num_extract_workers",
-        "1",
-        "--num_merge_workers",
-        "1",
-    ]
-    env = dict(os.environ)
-    env.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
     log.info("converting %s to a universal checkpoint for elastic resume", folder)
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    done = run_ds_to_universal(folder / ENGINE_TAG, tmp / ENGINE_TAG)
     if done.returncode != 0:
         log.error("ds_to_universal output:\n%s\n%s", done.stdout[-2000:], done.stderr[-4000:])
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -105,39 +86,15 @@ def prepare_universal(folder: Path, rank: int) -> Path:
     return folder / UNIVERSAL
 
 
-def fix_zero3_universal_groups(engine, group_hparams: list[dict]) -> None:
-    """Undo DeepSpeed 0.19.8's ZeRO-3 multi-group universal-load damage (see module doc)."""
-    base = engine.optimizer.optimizer
-    if len(base.param_groups) != len(group_hparams):
-        raise RuntimeError(
-            f"optimizer has {len(base.param_groups)} groups after loading, expected "
-            f"{len(group_hparams)}"
-        )
-    for group, hparams in zip(base.param_groups, group_hparams):
-        group.update(hparams)
-    # The base groups' "params" lists are emptied by the load (ZeRO-3 re-points them at one
-    # flat partition per optimizer step), so walk the flat fp32 partitions instead.
-    for flat in engine.optimizer.fp32_partitioned_groups_flat:
-        state = base.state.get(flat, {})
-        if torch.is_tensor(state.get("step")):
-            state["step"] = state["step"].clone()
-
-
 def load_elastic(trainer, folder: Path, state) -> None:
     """Load the universal form of ``folder`` into an engine built with ``load_universal``."""
     engine = trainer.engine
-    hparams = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
-    path, _ = engine.load_checkpoint(
-        str(folder / UNIVERSAL), tag=ENGINE_TAG, load_lr_scheduler_states=False
-    )
-    if path is None:
+    if not engine.load(str(folder / UNIVERSAL), ENGINE_TAG, universal=True):
         raise RuntimeError(f"DeepSpeed could not load the universal checkpoint in {folder}")
-    if engine.zero_optimization_stage() == 3:
-        fix_zero3_universal_groups(engine, hparams)
     log.info(
         "elastic resume: %d ranks (ZeRO %d) -> %d ranks (ZeRO %d)",
         state.world_size,
         state.zero_stage,
         trainer.dist_env.world_size,
-        engine.zero_optimization_stage(),
+        engine.zero_stage,
     )

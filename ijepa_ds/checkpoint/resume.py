@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ijepa_ds.backend.ds_config import zero_stage
 from ijepa_ds.checkpoint.layout import (
     ENGINE_TAG,
     STATE_FILE,
@@ -122,7 +123,6 @@ def prepare_resume(folder: Path, dist_env, ds_config: dict) -> None:
         needs_universal,
         prepare_universal,
     )
-    from ijepa_ds.train.ds_config import zero_stage
 
     state, stage = load_train_state(folder), zero_stage(ds_config)
     if needs_universal(state, dist_env.world_size, stage):
@@ -150,10 +150,7 @@ def load_checkpoint(trainer, folder: Path) -> TrainState:
 
         load_elastic(trainer, folder, state)
     else:
-        path, _ = trainer.engine.load_checkpoint(
-            str(folder), tag=ENGINE_TAG, load_lr_scheduler_states=False
-        )
-        if path is None:
+        if not trainer.engine.load(str(folder), ENGINE_TAG):
             raise CheckpointError(f"DeepSpeed could not load {folder / ENGINE_TAG}")
         if state.world_size == trainer.dist_env.world_size:  # ZeRO 0 loads on any world size
             restore_rng(state.rng[trainer.dist_env.rank])

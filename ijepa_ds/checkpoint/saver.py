@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import torch.distributed as dist
 
+from ijepa_ds.backend.ds_config import zero_stage
 from ijepa_ds.checkpoint.layout import (
     ENGINE_TAG,
     STATE_FILE,
@@ -35,7 +35,6 @@ from ijepa_ds.checkpoint.verify import model_arch
 from ijepa_ds.config import config_hash
 from ijepa_ds.fileio import TMP_PREFIX, atomic_torch_save
 from ijepa_ds.observability import get_logger
-from ijepa_ds.train.ds_config import zero_stage
 
 log = get_logger(__name__)
 
@@ -97,29 +96,6 @@ def agree_or_raise(failures: WriteFailures, step: int, run_dir, tmp: Path, rank:
     raise CheckpointSaveError(f"checkpoint save of step {step} failed on {detail}; {kept}")
 
 
-@contextmanager
-def guarded_engine_writes(engine, failures: WriteFailures) -> Iterator[None]:
-    """Route DeepSpeed's own file writes of ``engine.save_checkpoint`` through ``failures``.
-
-    DeepSpeed raises a failed write on the spot, between its internal barriers; recording it
-    instead keeps this rank in step with the others through DeepSpeed's collectives.
-    """
-    writer = engine.checkpoint_engine
-    save, makedirs = writer.save, writer.makedirs
-    copy_scripts = engine._copy_recovery_script
-    # Same parameter names as DeepSpeed's, which passes some of them by keyword.
-    writer.save = lambda state_dict, path: failures.call(path, save, state_dict, path)
-    writer.makedirs = lambda path, exist_ok=False: failures.call(path, makedirs, path, exist_ok)
-    engine._copy_recovery_script = lambda save_path: failures.call(
-        save_path, copy_scripts, save_path
-    )
-    try:
-        yield
-    finally:
-        writer.save, writer.makedirs = save, makedirs
-        engine._copy_recovery_script = copy_scripts
-
-
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -132,21 +108,6 @@ def _all_rng_states() -> list[dict]:
     gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, mine)
     return gathered
-
-
-def universal_client_state() -> dict:
-    """What ds_to_universal needs at ZeRO-1/2 to convert a checkpoint for elastic resume."""
-    from deepspeed.checkpoint.constants import (
-        UNIVERSAL_CHECKPOINT_INFO,
-        UNIVERSAL_CHECKPOINT_VERSION_KEY,
-        UNIVERSAL_CHECKPOINT_VERSION_VALUE,
-    )
-
-    return {
-        UNIVERSAL_CHECKPOINT_INFO: {
-            UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE
-        }
-    }
 
 
 def build_train_state(trainer, step: int) -> TrainState:
@@ -183,10 +144,7 @@ def save_checkpoint(trainer, run_dir: str | Path, step: int, reason: str) -> Pat
         if tmp.exists():  # left by a save that died; it never counted
             failures.call(tmp, shutil.rmtree, tmp)
     agree_or_raise(failures, step, run_dir, tmp, rank)
-    with guarded_engine_writes(trainer.engine, failures):
-        trainer.engine.save_checkpoint(
-            str(tmp), tag=ENGINE_TAG, client_state=universal_client_state(), save_latest=False
-        )
+    trainer.engine.save(str(tmp), ENGINE_TAG, failures)
     target = trainer.target.full_state_dict(keep=rank == 0)  # collective; rank 0 writes it
     state = build_train_state(trainer, step)
     if rank == 0:

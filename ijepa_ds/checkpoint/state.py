@@ -56,14 +56,13 @@ def _plain_to_python_state(plain: dict):
 
 
 def versions() -> dict:
-    import deepspeed
-
     import ijepa_ds
+    from ijepa_ds.backend.zero_files import deepspeed_version
 
     return {
         "ijepa_ds": ijepa_ds.__version__,
         "torch": str(torch.__version__),
-        "deepspeed": str(deepspeed.__version__),
+        "deepspeed": deepspeed_version(),
         "python": platform.python_version(),
     }
 

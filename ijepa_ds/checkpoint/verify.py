@@ -6,8 +6,9 @@ Every error is a ``CheckpointError`` naming the file and what is wrong with it:
   hold what they should;
 - the DeepSpeed shards the saving world size implies are all there, and each one is read
   first with ``weights_only=True`` and an allowlist of DeepSpeed's own plain classes
-  (``interop.from_deepspeed``): DeepSpeed's loader unpickles them without that check, so a file
-  that would run code, or a truncated one, is refused before it gets the chance;
+  (``backend.zero_files.load_ds_file``): DeepSpeed's loader unpickles them without that
+  check, so a file that would run code, or a truncated one, is refused before it gets the
+  chance;
 - the checkpoint holds the model this run builds (encoder and predictor dimensions).
 """
 
@@ -20,6 +21,7 @@ import torch
 
 from ijepa_ds.checkpoint.layout import ENGINE_TAG, STATE_FILE, TARGET_FILE
 from ijepa_ds.checkpoint.state import TrainState
+from ijepa_ds.fileio import safe_torch_load
 
 _RANK_RE = re.compile(r"zero_pp_rank_(\d+)_")
 
@@ -29,23 +31,10 @@ class CheckpointError(ValueError):
 
 
 def safe_load(path: Path, mmap: bool = False) -> dict:
-    """``torch.load(weights_only=True)`` with errors that name the file and what is wrong.
-
-    ``mmap=True`` maps the tensors from the file instead of reading them into memory: pages
-    are read only when touched, and they are page cache, not the process's own memory.
-    """
+    """``fileio.safe_torch_load`` of a checkpoint part, raising ``CheckpointError``."""
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # noqa: BLE001 - re-raised with the file named
-        text = str(err)
-        if "Weights only load failed" in text or "Unsupported global" in text:
-            raise CheckpointError(
-                f"{path} needs arbitrary unpickling, which ijepa-ds refuses (it can run code); "
-                "only checkpoints of plain tensors and containers are loaded"
-            ) from err
-        raise CheckpointError(f"{path} cannot be read (truncated or corrupt?): {text}") from err
+    return safe_torch_load(path, "checkpoint file", mmap=mmap, error=CheckpointError)
 
 
 def load_train_state(folder: Path) -> TrainState:
@@ -70,7 +59,10 @@ def load_target_state_dict(folder: Path) -> dict[str, torch.Tensor]:
 
 def model_arch(cfg) -> dict:
     """Encoder and predictor constructor numbers of the model ``cfg`` trains (plain data)."""
-    from ijepa_ds.interop.arch import encoder_kwargs_from_config, predictor_kwargs_from_config
+    from ijepa_ds.models.from_config import (
+        encoder_kwargs_from_config,
+        predictor_kwargs_from_config,
+    )
 
     def plain(kwargs: dict) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
@@ -132,13 +124,9 @@ def engine_files(folder: Path, state: TrainState) -> list[Path]:
 
 def check_deepspeed_file(path: Path) -> None:
     """Read ``path`` as plain data (weights_only, DeepSpeed's allowlist) or raise naming it."""
-    from ijepa_ds.interop.consolidated import ConsolidatedError
-    from ijepa_ds.interop.zero_checkpoint import load_ds_file
+    from ijepa_ds.backend.zero_files import load_ds_file
 
-    try:
-        load_ds_file(path, None)
-    except ConsolidatedError as err:
-        raise CheckpointError(str(err)) from err
+    load_ds_file(path, CheckpointError)
 
 
 def check_engine_files(folder: Path, state: TrainState) -> None:

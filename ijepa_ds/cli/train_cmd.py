@@ -58,10 +58,10 @@ def _exit_undisturbed() -> None:
 
 
 def _handler(args: argparse.Namespace) -> int:
+    from ijepa_ds.backend.comm import shutdown_distributed
     from ijepa_ds.checkpoint.resume import CheckpointError
     from ijepa_ds.checkpoint.run_lock import RunLockedError
     from ijepa_ds.config import ConfigError
-    from ijepa_ds.distributed import shutdown_distributed
     from ijepa_ds.observability.wandb_sink import WandbError
     from ijepa_ds.train.main import run_training
 

@@ -121,9 +121,9 @@ def _step_state_dict(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _encoder_from_config(cfg: Config, num_heads: int | None, path: Path) -> VisionTransformer:
-    from ijepa_ds.train.student import build_encoder_from_config
+    from ijepa_ds.models.from_config import build_encoder_from_config
 
-    encoder = build_encoder_from_config(cfg.model, cfg.data.crop_size)
+    encoder = build_encoder_from_config(cfg)
     if num_heads is not None and num_heads != encoder.num_heads:
         raise SourceError(
             f"{path}: num_heads={num_heads} contradicts the run's config "

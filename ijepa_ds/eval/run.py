@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ijepa_ds.backend.comm import abandon_distributed, shutdown_distributed
 from ijepa_ds.config import Config, ConfigError
 from ijepa_ds.data import (
     FASHION_MNIST_MEAN,
@@ -25,13 +26,7 @@ from ijepa_ds.data import (
     build_eval_transform,
     default_root,
 )
-from ijepa_ds.distributed import (
-    abandon_distributed,
-    default_backend,
-    detect_dist_env,
-    dist_timeout,
-    shutdown_distributed,
-)
+from ijepa_ds.distributed import detect_dist_env, init_process_group
 from ijepa_ds.eval.features import FeatureSet, cached_features
 from ijepa_ds.eval.knn import knn_classify
 from ijepa_ds.eval.linear import ProbeConfig, linear_probe
@@ -203,15 +198,7 @@ def _init_process_group():
     """A torch.distributed group when launched with several ranks; returns the DistEnv."""
     env = detect_dist_env()
     if env.world_size > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(env.local_rank)
-        dist.init_process_group(
-            default_backend(),
-            init_method=f"tcp://{env.master_addr}:{env.master_port}",
-            rank=env.rank,
-            world_size=env.world_size,
-            timeout=dist_timeout(),
-        )
+        init_process_group(env)
     return env
 
 

@@ -1,9 +1,10 @@
 """Architecture numbers (constructor kwargs) of encoders and predictors.
 
-Two sources: a state dict alone (reference checkpoints carry no config, so the shapes are read
-back) or a resolved ijepa-ds `Config`. The kwargs are what `VisionTransformer(**kwargs)` and
-`VisionTransformerPredictor(**kwargs)` take, restricted to what fixes the weights' shapes and
-the forward math (no dropout or init settings): they are stored in consolidated checkpoints.
+From a state dict alone: reference checkpoints carry no config, so the shapes are read back
+(a run's config gives them through `models.from_config`). The kwargs are what
+`VisionTransformer(**kwargs)` and `VisionTransformerPredictor(**kwargs)` take, restricted to
+what fixes the weights' shapes and the forward math (no dropout or init settings): they are
+stored in consolidated checkpoints.
 """
 
 import math
@@ -13,10 +14,10 @@ from typing import Any
 
 import torch
 
-from ijepa_ds.config import Config, resolve_model_dims
+from ijepa_ds.config.schema import ENCODER_DIMS
 
-# Head counts of the paper's encoder widths; a head count cannot be read from the weights.
-STANDARD_NUM_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16}
+# Head counts of the paper's encoder widths (the presets'); they cannot be read from weights.
+STANDARD_NUM_HEADS = {dim: heads for dim, _, heads, _ in ENCODER_DIMS.values()}
 # Not stored in checkpoints either; the reference and every preset use 1e-6.
 DEFAULT_NORM_EPS = 1e-6
 
@@ -145,36 +146,3 @@ def encoder_grid(encoder_kwargs: Mapping[str, Any]) -> tuple[int, int]:
     size, patch = encoder_kwargs["img_size"], encoder_kwargs["patch_size"]
     height, width = (size, size) if isinstance(size, int) else size
     return height // patch, width // patch
-
-
-def encoder_kwargs_from_config(cfg: Config) -> dict[str, Any]:
-    """The encoder a run with `cfg` trains (as `train.student.build_encoder_from_config`)."""
-    dims = resolve_model_dims(cfg.model)
-    return {
-        "img_size": cfg.data.crop_size,
-        "patch_size": cfg.model.patch_size,
-        "in_chans": cfg.model.in_chans,
-        "embed_dim": dims.embed_dim,
-        "depth": dims.depth,
-        "num_heads": dims.num_heads,
-        "mlp_ratio": dims.mlp_ratio,
-        "qkv_bias": cfg.model.qkv_bias,
-        "norm_eps": cfg.model.norm_eps,
-    }
-
-
-def predictor_kwargs_from_config(cfg: Config) -> dict[str, Any]:
-    """The predictor a run with `cfg` trains (as `train.student.build_predictor_from_config`:
-    the default mlp_ratio 4, whatever the encoder's)."""
-    dims = resolve_model_dims(cfg.model)
-    grid = cfg.data.crop_size // cfg.model.patch_size
-    return {
-        "grid_size": (grid, grid),
-        "embed_dim": dims.embed_dim,
-        "predictor_embed_dim": cfg.model.pred_emb_dim,
-        "depth": cfg.model.pred_depth,
-        "num_heads": dims.pred_num_heads,
-        "mlp_ratio": 4.0,
-        "qkv_bias": cfg.model.qkv_bias,
-        "norm_eps": cfg.model.norm_eps,
-    }

@@ -19,13 +19,13 @@ JSON string in the file's metadata.
 """
 
 import json
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ijepa_ds import fileio
 from ijepa_ds.fileio import atomic_save
 from ijepa_ds.models import VisionTransformer, VisionTransformerPredictor
 
@@ -42,29 +42,8 @@ class ConsolidatedError(ValueError):
 
 
 def safe_torch_load(path: str | Path, what: str, mmap: bool = False) -> Any:
-    """`torch.load(weights_only=True)` on CPU with errors that name the file.
-
-    A file whose unpickling would need arbitrary Python objects (and so could run code) is
-    refused, never executed; truncated or corrupt files raise ConsolidatedError too.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err):
-            raise ConsolidatedError(f"{path}: unreadable {what} ({err})") from err
-        detail = next((ln.strip() for ln in str(err).splitlines() if "global" in ln.lower()), "")
-        raise ConsolidatedError(
-            f"{path}: refused: loading this {what} needs arbitrary unpickling, which can execute "
-            f"code ({detail or 'non-tensor objects'}); expected tensors and plain containers only"
-        ) from err
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as err:
-        first = str(err).splitlines()[0] if str(err) else "no detail"
-        raise ConsolidatedError(
-            f"{path}: unreadable {what}, truncated or corrupt ({type(err).__name__}: {first})"
-        ) from err
+    """``fileio.safe_torch_load`` raising ``ConsolidatedError``."""
+    return fileio.safe_torch_load(path, what, mmap=mmap, error=ConsolidatedError)
 
 
 def _check_suffix(path: Path) -> str:

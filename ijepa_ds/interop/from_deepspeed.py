@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ijepa_ds.backend.param_groups import build_param_groups
 from ijepa_ds.checkpoint.layout import (
     CHECKPOINTS,
     COMPLETE,
@@ -27,11 +28,10 @@ from ijepa_ds.checkpoint.layout import (
     read_latest,
 )
 from ijepa_ds.config import config_to_dict, load_config
-from ijepa_ds.interop.arch import encoder_kwargs_from_config, predictor_kwargs_from_config
 from ijepa_ds.interop.consolidated import empty_models, make_consolidated, safe_torch_load
 from ijepa_ds.interop.zero_checkpoint import POS_TABLES, Progress, read_engine
 from ijepa_ds.models import get_2d_sincos_pos_embed
-from ijepa_ds.train.param_groups import build_param_groups
+from ijepa_ds.models.from_config import encoder_kwargs_from_config, predictor_kwargs_from_config
 
 
 def _stderr(message: str) -> None:

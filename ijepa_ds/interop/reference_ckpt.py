@@ -7,13 +7,14 @@ Files are read with `weights_only=True`: tensors and plain containers only, so a
 would run code when unpickled is refused instead of executed.
 """
 
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ijepa_ds.fileio import safe_torch_load
 
 MODEL_KEYS = ("encoder", "predictor", "target_encoder")
 METADATA_KEYS = ("epoch", "loss", "batch_size", "world_size", "lr")
@@ -44,30 +45,7 @@ def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tor
 
 
 def _load_safely(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err):
-            raise ReferenceCheckpointError(f"{path}: unreadable checkpoint ({err})") from err
-        detail = next(
-            (
-                line.strip()
-                for line in str(err).splitlines()
-                if "unsupported global" in line.lower()
-            ),
-            "",
-        )
-        raise ReferenceCheckpointError(
-            f"{path}: refused: loading it needs arbitrary unpickling, which can execute code "
-            f"({detail or 'non-tensor objects'}); a reference checkpoint holds only tensors "
-            f"and plain containers"
-        ) from err
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as err:
-        # Truncated zip archives raise RuntimeError, empty files EOFError, junk KeyError.
-        raise ReferenceCheckpointError(
-            f"{path}: unreadable checkpoint, truncated or corrupt ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else 'no detail'})"
-        ) from err
+    return safe_torch_load(path, "reference checkpoint", error=ReferenceCheckpointError)
 
 
 def _state_dict(path: Path, payload: Mapping[str, Any], key: str) -> dict[str, torch.Tensor]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ijepa_ds.backend.param_groups import build_param_groups
 from ijepa_ds.fileio import atomic_save
 from ijepa_ds.interop.arch import encoder_grid, infer_encoder_kwargs, infer_predictor_kwargs
 from ijepa_ds.interop.consolidated import (
@@ -27,7 +28,6 @@ from ijepa_ds.interop.consolidated import (
     validate_consolidated,
 )
 from ijepa_ds.interop.reference_ckpt import ReferenceCheckpoint, load_reference_checkpoint
-from ijepa_ds.train.param_groups import build_param_groups
 
 DDP_PREFIX = "module."
 METADATA_DEFAULTS = {"loss": None, "batch_size": None, "world_size": 1, "lr": None}

@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 
+from ijepa_ds.backend import zero_files
 from ijepa_ds.checkpoint.layout import ENGINE_TAG
-from ijepa_ds.interop.consolidated import safe_torch_load
+from ijepa_ds.interop.consolidated import ConsolidatedError
 
 Progress = Callable[[str], None]
 # Frozen sin-cos position tables, by model part: never read, the converter regenerates them.
@@ -33,23 +34,11 @@ POS_TABLES = {"encoder": "pos_embed", "predictor": "predictor_pos_embed"}
 
 
 def load_ds_file(path: Path, progress: Progress | None) -> Any:
-    """One DeepSpeed checkpoint file as plain data (mmap): ``weights_only`` with DeepSpeed's
-    own plain classes allowed; a file that would run code raises ``ConsolidatedError``."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
+    """One DeepSpeed checkpoint file as plain data (mmap); a file that would run code raises
+    ``ConsolidatedError``."""
     if progress:
         progress(f"reading {path} ({path.stat().st_size / 2**20:.1f} MiB)")
-    allowed = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
-    with torch.serialization.safe_globals(allowed):
-        return safe_torch_load(path, "DeepSpeed checkpoint file", mmap=True)
-
-
-def _rank_files(engine_dir: Path, pattern: str) -> list[Path]:
-    from deepspeed.utils.zero_to_fp32 import natural_keys
-
-    return sorted(engine_dir.glob(pattern), key=lambda p: natural_keys(p.name))
+    return zero_files.load_ds_file(path, ConsolidatedError)
 
 
 def _slice(parts: list[torch.Tensor], start: int, length: int) -> torch.Tensor:
@@ -194,9 +183,7 @@ def _zero0(model_file: dict, names: list[list[str]]) -> tuple[dict, dict, list[d
 
 def _zero_weights(step_dir: Path, progress: Progress | None) -> dict[str, torch.Tensor]:
     """fp32 student weights (trainable only) of a ZeRO 1-3 checkpoint, one tensor at a time."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    lazy = get_fp32_state_dict_from_zero_checkpoint(str(step_dir), tag=ENGINE_TAG, lazy_mode=True)
+    lazy = zero_files.lazy_fp32_weights(step_dir, ENGINE_TAG)
     frozen = {f"{part}.{key}" for part, key in POS_TABLES.items()}
     every = max(1, len(lazy) // 10)
     weights = {}
@@ -221,14 +208,16 @@ def read_engine(
             and `[]`); ZeRO 0 keeps them in its one model file and always returns them.
     """
     engine_dir = step_dir / ENGINE_TAG
-    model_files = _rank_files(engine_dir, "*_model_states.pt")
+    model_files = zero_files.rank_files(engine_dir, "*_model_states.pt")
     if not model_files:
         raise ValueError(f"{engine_dir}: no DeepSpeed *_model_states.pt files")
     # Every file DeepSpeed's own reader unpickles is checked here first (weights_only).
     model0 = load_ds_file(model_files[0], progress)
     for path in model_files[1:]:
         load_ds_file(path, progress)
-    optim = [load_ds_file(p, progress) for p in _rank_files(engine_dir, "*_optim_states.pt")]
+    optim = [
+        load_ds_file(p, progress) for p in zero_files.rank_files(engine_dir, "*_optim_states.pt")
+    ]
     try:
         if not optim:
             return (*_zero0(model0, names), names, 0)

@@ -230,8 +230,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
 
     def run(self, env, handler: PreemptionHandler) -> dict:
         """Train with the variables already exported; hand over to submitit on preemption."""
+        from ijepa_ds.backend.comm import shutdown_distributed
         from ijepa_ds.cli.train_cmd import add_train_arguments
-        from ijepa_ds.distributed import shutdown_distributed
         from ijepa_ds.train.main import run_training
 
         parser = add_train_arguments(argparse.ArgumentParser(prog="ijepa-ds train"))

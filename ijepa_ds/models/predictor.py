@@ -16,6 +16,9 @@ from ijepa_ds.models.pos_embed import get_2d_sincos_pos_embed, to_grid
 from ijepa_ds.models.tokens import apply_masks, check_mask_gather, repeat_interleave_batch
 from ijepa_ds.models.vit import VisionTransformer
 
+# The predictor's MLP ratio whatever the encoder's (ViT-G's is 48/11), as the reference builds it.
+PREDICTOR_MLP_RATIO = 4.0
+
 
 def _as_list(masks: Sequence[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
     return [masks] if isinstance(masks, torch.Tensor) else list(masks)
@@ -45,7 +48,7 @@ class VisionTransformerPredictor(nn.Module):
         predictor_embed_dim: int = 384,
         depth: int = 6,
         num_heads: int = 12,
-        mlp_ratio: float = 4.0,
+        mlp_ratio: float = PREDICTOR_MLP_RATIO,
         qkv_bias: bool = True,
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,

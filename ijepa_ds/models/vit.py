@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ijepa_ds.config.schema import ENCODER_DIMS
 from ijepa_ds.models.init import init_reference_weights, rescale_residual_init
 from ijepa_ds.models.layers import PatchEmbed, build_blocks
 from ijepa_ds.models.pos_embed import (
@@ -21,13 +22,11 @@ from ijepa_ds.models.pos_embed import (
 from ijepa_ds.models.tokens import apply_masks, check_mask_gather
 
 # Architecture numbers of the paper's encoders (embed_dim / depth / num_heads, mlp_ratio).
+# Constructor numbers by preset name ("huge"), from the config's one table (``ENCODER_DIMS``).
 ENCODER_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
-    "small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
-    "base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
-    "large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
-    "huge": {"embed_dim": 1280, "depth": 32, "num_heads": 16},
-    "giant": {"embed_dim": 1408, "depth": 40, "num_heads": 16, "mlp_ratio": 48 / 11},
+    name.removeprefix("vit_"): {"embed_dim": dim, "depth": depth, "num_heads": heads}
+    | ({} if ratio == 4.0 else {"mlp_ratio": ratio})
+    for name, (dim, depth, heads, ratio) in ENCODER_DIMS.items()
 }
 
 

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-# build_predictor_from_config passes no mlp_ratio: the predictor keeps the default 4 even
-# when the encoder's differs (ViT-G 48/11), as the reference builds it.
-PREDICTOR_MLP_RATIO = 4.0
+from ijepa_ds.models.predictor import PREDICTOR_MLP_RATIO
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ijepa_ds.backend.estimates import zero_model_states_estimate
 from ijepa_ds.perf.flops import StepShape, TransformerShape
 
 # DeepSpeed's defaults (deepspeed/runtime/zero/config.py) for knobs a JSON may leave out.
@@ -114,7 +115,7 @@ class EngineSettings:
 
     @classmethod
     def from_ds_config(cls, ds: dict, world_size: int) -> EngineSettings:
-        """From a resolved DeepSpeed config (``ijepa_ds.train.ds_config.build_ds_config``)."""
+        """From a resolved DeepSpeed config (``ijepa_ds.backend.ds_config.build_ds_config``)."""
         zero = ds.get("zero_optimization", {})
         return cls(
             zero_stage=int(zero.get("stage", 0)),
@@ -182,20 +183,11 @@ def deepspeed_estimate(counts: ParamCounts, eng: EngineSettings) -> float | None
     """
     if eng.precision != "bf16" or eng.zero_stage not in (2, 3):
         return None
-    if eng.zero_stage == 2:
-        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
-
-        _, gpu = estimate_zero2_model_states_mem_needs(
-            counts.trainable, num_gpus_per_node=eng.world_size, cpu_offload=eng.offload_optimizer
-        )
-        return float(gpu)
-    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-
-    _, gpu, _ = estimate_zero3_model_states_mem_needs(
+    return zero_model_states_estimate(
+        eng.zero_stage,
         counts.trainable,
         counts.largest_layer,
-        num_gpus_per_node=eng.world_size,
-        cpu_offload=eng.offload_optimizer,
-        cpu_offload_params=eng.offload_param,
+        eng.world_size,
+        eng.offload_optimizer,
+        eng.offload_param,
     )
-    return float(gpu)

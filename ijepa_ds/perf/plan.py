@@ -75,7 +75,7 @@ class PlanResult:
 
 def _settings(cfg, world_size: int) -> tuple[EngineSettings, ActivationSettings]:
     """Engine knobs from the DeepSpeed config training would resolve, and the batch/switches."""
-    from ijepa_ds.train.ds_config import build_ds_config
+    from ijepa_ds.backend.ds_config import build_ds_config
 
     eng = EngineSettings.from_ds_config(build_ds_config(cfg, world_size), world_size)
     m = cfg.model

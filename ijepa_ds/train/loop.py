@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ijepa_ds.backend.param_groups import set_lr_wd
 from ijepa_ds.distributed import all_reduce_on_device
 from ijepa_ds.observability import get_logger
 from ijepa_ds.observability.nonfinite import NonFiniteLossError
 from ijepa_ds.observability.stats import feature_std, memory_stats
-from ijepa_ds.train.grad_norms import module_grad_norms
-from ijepa_ds.train.param_groups import set_lr_wd
 from ijepa_ds.train.step import compute_loss, move_batch
 from ijepa_ds.train.trainer import Trainer, build_loader
 
@@ -139,10 +138,10 @@ def micro_step(trainer: Trainer, batch, step: int, stats: StepStats | None = Non
     else:
         stats.add(loss)
     engine.backward(loss)
-    if engine.is_gradient_accumulation_boundary():
+    if engine.is_boundary():
         close_step(stats, step)
         if stats.grad_norms is not None:
-            stats.grad_norms.update(module_grad_norms(engine))
+            stats.grad_norms.update(engine.grad_norms())
     engine.step()
     return imgs, masks_enc, masks_pred, h
 
@@ -182,14 +181,14 @@ def train_loop(trainer: Trainer, start_step: int, hooks=()) -> list[float]:
         stats.data_time += time.perf_counter() - fetch_start
         if micro == 0:
             lr, wd = sched.lr_at(step), sched.wd_at(step)
-            set_lr_wd(engine.optimizer.param_groups, lr, wd)
+            set_lr_wd(engine.param_groups, lr, wd)
             if is_log_step(step + 1, trainer.cfg.logging.log_every, trainer.total_steps):
                 stats.grad_norms = {}
         tensors = micro_step(trainer, batch, step, stats)
         micro += 1
         if micro == accum:
             momentum = sched.momentum_at(step)
-            if engine.was_step_applied():
+            if engine.step_applied():
                 target.ema_update(momentum)
             step, micro = step + 1, 0
             info = _step_info(stats, world, accum, lr=lr, wd=wd, momentum=momentum)

@@ -8,21 +8,17 @@ import sys
 
 import torch
 
+from ijepa_ds.backend.comm import abandon_distributed, init_distributed
+from ijepa_ds.backend.ds_config import build_ds_config, zero_stage
 from ijepa_ds.checkpoint.policy import STOP_SIGNALS, SavePolicy
 from ijepa_ds.checkpoint.resume import agree_on_resume, load_checkpoint, prepare_resume
 from ijepa_ds.checkpoint.run_lock import RunLockedError, agree_on_run_lock
 from ijepa_ds.checkpoint.saver import CheckpointHook, CheckpointSaveError
 from ijepa_ds.config import ConfigError, load_config, validate_config, validate_paths
-from ijepa_ds.distributed import (
-    abandon_distributed,
-    detect_dist_env,
-    dist_timeout,
-    init_distributed,
-)
+from ijepa_ds.distributed import detect_dist_env, dist_timeout
 from ijepa_ds.observability import get_logger, setup_logging
 from ijepa_ds.observability.logging import rank_log_file
 from ijepa_ds.observability.nonfinite import NonFiniteLossError
-from ijepa_ds.train.ds_config import build_ds_config, zero_stage
 from ijepa_ds.train.evaluation import EvaluationHook, PretrainEvaluator
 from ijepa_ds.train.loop import train_loop
 from ijepa_ds.train.reporting import StepReporter

@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ijepa_ds.backend.comm import abandon_distributed
 from ijepa_ds.config import config_to_dict
-from ijepa_ds.distributed import abandon_distributed, all_reduce_cpu
+from ijepa_ds.distributed import all_reduce_cpu
 from ijepa_ds.masks import render_mask_grid
 from ijepa_ds.observability import MetricsWriter, ProgressMeter, get_logger
 from ijepa_ds.observability.stats import is_collapsed

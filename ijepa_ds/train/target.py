@@ -18,6 +18,14 @@ import copy
 import torch
 from torch import nn
 
+from ijepa_ds.backend.zero3 import (
+    fp32_source,
+    gathered,
+    local_partition,
+    partition_module,
+    register_gather_hooks,
+)
+
 
 def _gather_units(module: nn.Module) -> list[tuple[nn.Module, bool]]:
     """(unit, recurse) pairs whose parameters are gathered together during the forward.
@@ -42,48 +50,6 @@ def _unit_params(module: nn.Module) -> list[tuple[nn.Module, list[nn.Parameter]]
     return [(unit, params) for unit, params in pairs if params]
 
 
-def _register_gather_hooks(module: nn.Module) -> None:
-    import deepspeed
-
-    for unit, params in _unit_params(module):
-
-        def pre_hook(mod, args, params=params):
-            ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-            ctx.__enter__()
-            mod._ijepa_gathered = ctx
-
-        def post_hook(mod, args, output):
-            mod._ijepa_gathered.__exit__(None, None, None)
-            del mod._ijepa_gathered
-
-        unit.register_forward_pre_hook(pre_hook)
-        unit.register_forward_hook(post_hook)
-
-
-def _flat_fp32_master_views(optimizer) -> dict[int, torch.Tensor]:
-    """id(low-precision param) -> its fp32 master in DeepSpeed's fp16-style optimizer wrappers.
-
-    bf16 without ZeRO uses DeepSpeed's FP16_(Unfused)Optimizer: fp32 masters per group, either
-    one unpadded flat tensor (``fp32_groups_flat``) or one tensor per parameter
-    (``fp32_groups``), and no per-parameter mapping that ``safe_get_full_fp32_param`` could
-    use. ZeRO optimizers give an empty dict here and are served by ``safe_get_*_fp32_param``.
-    """
-    lp_groups = getattr(optimizer, "fp16_groups", None)
-    if lp_groups is None:
-        return {}
-    views: dict[int, torch.Tensor] = {}
-    if hasattr(optimizer, "fp32_groups_flat"):
-        for params, flat in zip(lp_groups, optimizer.fp32_groups_flat):
-            offset = 0
-            for p in params:
-                views[id(p)] = flat.data[offset : offset + p.numel()].view_as(p)
-                offset += p.numel()
-    elif hasattr(optimizer, "fp32_groups"):
-        for params, masters in zip(lp_groups, optimizer.fp32_groups):
-            views.update((id(p), m.data) for p, m in zip(params, masters))
-    return views
-
-
 class TargetEncoder:
     """fp32 EMA copy f_theta_bar of the context encoder.
 
@@ -101,18 +67,17 @@ class TargetEncoder:
         self._pairs: list[tuple[nn.Parameter, nn.Parameter]] = []
         self._flat_masters: dict[int, torch.Tensor] = {}
         if partitioned:
-            import deepspeed
+            partition_module(self.module)
+            register_gather_hooks(_unit_params(self.module))
 
-            # module= converts the existing fp32 tensors; mem_efficient_linear=False keeps
-            # torch.nn.functional.linear unpatched for the whole process (REFERENCE.md s.5).
-            deepspeed.zero.Init(module=self.module, mem_efficient_linear=False)
-            _register_gather_hooks(self.module)
-
-    def bind(self, student_encoder: nn.Module, optimizer=None) -> None:
+    def bind(
+        self, student_encoder: nn.Module, fp32_masters: dict[int, torch.Tensor] | None = None
+    ) -> None:
         """Pair target and student parameters by name (after the engine wrapped the student).
 
-        ``optimizer`` is the engine's optimizer; its flat fp32 masters are used directly when
-        DeepSpeed keeps them without a per-parameter mapping (bf16 without ZeRO).
+        ``fp32_masters``: id(student param) -> its fp32 master, where the engine keeps them
+        without a per-parameter mapping (``Engine.fp32_masters``: bf16 without ZeRO); others
+        are found through DeepSpeed, and fp32 parameters are read directly.
         """
         student = dict(student_encoder.named_parameters())
         self._pairs = [
@@ -120,7 +85,7 @@ class TargetEncoder:
             for name, param in self.module.named_parameters()
             if student[name].requires_grad
         ]
-        self._flat_masters = _flat_fp32_master_views(optimizer)
+        self._flat_masters = dict(fp32_masters or {})
 
     @torch.no_grad()
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -140,22 +105,10 @@ class TargetEncoder:
         torch._foreach_add_(targets, sources, alpha=1.0 - momentum)
 
     def _target_tensor(self, param: nn.Parameter) -> torch.Tensor:
-        return param.ds_tensor if self.partitioned else param.data
+        return local_partition(param) if self.partitioned else param.data
 
     def _source_tensor(self, param: nn.Parameter) -> torch.Tensor:
-        from deepspeed.utils import safe_get_full_fp32_param, safe_get_local_fp32_param
-
-        if self.partitioned:
-            local = safe_get_local_fp32_param(param)
-            return local.view(-1)
-        if param.dtype == torch.float32:
-            return param.data
-        if id(param) in self._flat_masters:
-            return self._flat_masters[id(param)]
-        fp32 = safe_get_full_fp32_param(param)
-        if fp32 is None:
-            raise RuntimeError(f"no fp32 master weight found for a {param.dtype} student parameter")
-        return fp32
+        return fp32_source(param, self.partitioned, self._flat_masters)
 
     @torch.no_grad()
     def full_state_dict(self, keep: bool = True) -> dict[str, torch.Tensor]:
@@ -169,12 +122,10 @@ class TargetEncoder:
         module = self.module
         if not self.partitioned:
             return {k: v.detach().clone() for k, v in module.state_dict().items()} if keep else {}
-        import deepspeed
-
         names = {id(p): name for name, p in module.named_parameters()}
         kept: dict[str, torch.Tensor] = {}
         for _, params in _unit_params(module):
-            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            with gathered(params, modifier_rank=None):
                 if keep:
                     kept.update((names[id(p)], p.detach().float().clone()) for p in params)
         if not keep:
@@ -194,11 +145,9 @@ class TargetEncoder:
         if not self.partitioned:
             module.load_state_dict(state_dict, strict=True)
             return
-        import deepspeed
-
         names = {id(p): name for name, p in module.named_parameters()}
         for _, params in _unit_params(module):
-            with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+            with gathered(params, modifier_rank=0):
                 if rank == 0:
                     for p in params:
                         p.data.copy_(state_dict[names[id(p)]])

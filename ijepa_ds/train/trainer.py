@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from ijepa_ds.backend.act_ckpt import apply_activation_checkpointing
+from ijepa_ds.backend.ds_config import zero_stage
+from ijepa_ds.backend.engine import Engine, build_engine
 from ijepa_ds.config import gradient_accumulation_steps
 from ijepa_ds.data import build_dataset, build_train_loader, build_train_transform
 from ijepa_ds.distributed import DistEnv
 from ijepa_ds.hostmem import pin_mmap_threshold
 from ijepa_ds.masks import MaskCollator, build_mask_sampler_from_config
+from ijepa_ds.models.from_config import build_encoder_from_config, build_predictor_from_config
 from ijepa_ds.schedules import Schedule
-from ijepa_ds.train.engine import build_engine
-from ijepa_ds.train.student import (
-    IJEPAStudent,
-    build_encoder_from_config,
-    build_predictor_from_config,
-)
+from ijepa_ds.train.student import IJEPAStudent
+from ijepa_ds.train.target import TargetEncoder
 
 
 @dataclass
@@ -84,9 +83,31 @@ def build_schedule(cfg, iterations_per_epoch: int) -> Schedule:
 def build_student(cfg) -> IJEPAStudent:
     """Student with identical initial weights on every rank (seeded before construction)."""
     torch.manual_seed(cfg.seed)
-    encoder = build_encoder_from_config(cfg.model, cfg.data.crop_size)
-    predictor = build_predictor_from_config(cfg.model, encoder)
+    encoder = build_encoder_from_config(cfg)
+    predictor = build_predictor_from_config(cfg)
     return IJEPAStudent(encoder, predictor)
+
+
+def build_engine_and_target(
+    student: IJEPAStudent, ds_config: dict, model_cfg, optim_cfg
+) -> tuple[Engine, TargetEncoder]:
+    """Target encoder + engine, in the order the traps demand.
+
+    1. the target is copied from the fp32 encoder before the engine casts anything;
+    2. activation checkpointing is applied to the student after the copy (the target runs
+       under no_grad and never needs it);
+    3. ``build_engine`` partitions and casts the student;
+    4. the target is paired with the engine's parameters by name.
+    """
+    target = TargetEncoder(student.encoder, partitioned=zero_stage(ds_config) == 3)
+    ckpt = (model_cfg.act_ckpt_impl, model_cfg.act_ckpt_cpu_offload)
+    apply_activation_checkpointing(student.encoder.blocks, model_cfg.act_ckpt_encoder, *ckpt)
+    apply_activation_checkpointing(
+        student.predictor.predictor_blocks, model_cfg.act_ckpt_predictor, *ckpt
+    )
+    engine = build_engine(student, ds_config, optim_cfg.betas, optim_cfg.eps)
+    target.bind(engine.module.encoder, engine.fp32_masters())
+    return engine, target
 
 
 def build_trainer(cfg, dist_env: DistEnv, ds_config: dict) -> Trainer:
@@ -106,7 +127,7 @@ def build_trainer(cfg, dist_env: DistEnv, ds_config: dict) -> Trainer:
         )
     ipe = len(dataset) // gbs
     total = cfg.schedule.max_steps or cfg.schedule.epochs * ipe
-    engine, target = build_engine(build_student(cfg), ds_config, cfg.model, cfg.optim)
+    engine, target = build_engine_and_target(build_student(cfg), ds_config, cfg.model, cfg.optim)
     return Trainer(
         cfg=cfg,
         dist_env=dist_env,
@@ -120,7 +141,7 @@ def build_trainer(cfg, dist_env: DistEnv, ds_config: dict) -> Trainer:
         accumulation=gradient_accumulation_steps(cfg.data, world),
         iterations_per_epoch=ipe,
         total_steps=total,
-        device=engine.device if hasattr(engine, "device") else torch.device("cpu"),
+        device=engine.device,
     )
 
 
@@ -141,7 +162,3 @@ def build_loader(trainer: Trainer, start_step: int):
         persistent_workers=cfg.data.persistent_workers,
         prefetch_factor=cfg.data.prefetch_factor,
     )
-
-
-def run_dir_for(cfg) -> Path:
-    return Path(cfg.logging.output_dir) / cfg.logging.run_name

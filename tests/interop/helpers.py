@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
+from ijepa_ds.backend.param_groups import build_param_groups
 from ijepa_ds.interop.consolidated import make_consolidated
 from ijepa_ds.models import VisionTransformer, VisionTransformerPredictor, build_predictor
-from ijepa_ds.train.param_groups import build_param_groups
 
 ENC_KW = dict(
     img_size=16,

@@ -99,9 +99,9 @@ def _gathered(module: torch.nn.Module) -> dict:
 
 
 def _save_run(env, run: str, root: Path) -> None:
+    from ijepa_ds.backend.ds_config import build_ds_config
     from ijepa_ds.checkpoint.saver import save_checkpoint
     from ijepa_ds.config import dump_yaml, load_config
-    from ijepa_ds.train.ds_config import build_ds_config
     from ijepa_ds.train.loop import train_loop
     from ijepa_ds.train.trainer import build_trainer
 
@@ -125,7 +125,8 @@ def _save_run(env, run: str, root: Path) -> None:
 
 
 def _worker(root: str, runs: list[str]) -> None:
-    from ijepa_ds.distributed import detect_dist_env, init_distributed, shutdown_distributed
+    from ijepa_ds.backend.comm import init_distributed, shutdown_distributed
+    from ijepa_ds.distributed import detect_dist_env
 
     env = detect_dist_env()
     init_distributed(env)

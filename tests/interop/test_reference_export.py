@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+from ijepa_ds.backend.param_groups import build_param_groups
 from ijepa_ds.interop.consolidated import build_models, load_consolidated, save_consolidated
 from ijepa_ds.interop.reference_ckpt import load_reference_checkpoint
 from ijepa_ds.interop.reference_export import from_reference, save_reference, to_reference
 from ijepa_ds.models import VisionTransformer
-from ijepa_ds.train.param_groups import build_param_groups
 from tests.interop.helpers import assert_same, native_consolidated, reference_models
 
 TOL = 1e-5

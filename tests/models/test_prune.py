@@ -8,11 +8,11 @@ import logging
 import pytest
 import torch
 
+from ijepa_ds.backend.act_ckpt import apply_activation_checkpointing
 from ijepa_ds.config import load_config
-from ijepa_ds.models import VisionTransformer, VisionTransformerPredictor, apply_attn_impl
+from ijepa_ds.models import VisionTransformerPredictor, apply_attn_impl
+from ijepa_ds.models.from_config import build_predictor_from_config
 from ijepa_ds.models.layers import _LOGGED_AUTO, Attention, Block, resolve_attn_impl
-from ijepa_ds.train.act_ckpt import apply_activation_checkpointing
-from ijepa_ds.train.student import build_predictor_from_config
 
 B, NUM_PATCHES, DIM, PRED_DIM = 2, 16, 32, 16
 # Relative to the largest entry of the tensors compared (a few float32 ulps): pruning changes
@@ -108,10 +108,10 @@ def test_pruned_predictor_equals_unpruned_outputs_and_gradients(attn_impl: str, 
 
 
 def test_config_switch_reaches_the_predictor() -> None:
-    encoder = VisionTransformer(img_size=16, patch_size=4, embed_dim=DIM, depth=1, num_heads=4)
+    small = ["model.pred_emb_dim=16", "model.pred_depth=1", "data.crop_size=32"]
     for value, expected in (("true", True), ("false", False)):
-        cfg = load_config(None, [f"model.predictor_prune_last={value}", "model.pred_emb_dim=16"])
-        assert build_predictor_from_config(cfg.model, encoder).prune_last_block is expected
+        cfg = load_config(None, [f"model.predictor_prune_last={value}", *small])
+        assert build_predictor_from_config(cfg).prune_last_block is expected
 
 
 def test_resolve_attn_impl_rule_and_one_log_line_per_choice() -> None:

@@ -28,9 +28,9 @@ import time
 
 import torch
 
+from ijepa_ds.backend.comm import shutdown_distributed
 from ijepa_ds.checkpoint import saver
 from ijepa_ds.data import loader as data_loader
-from ijepa_ds.distributed import shutdown_distributed
 from ijepa_ds.train import loop
 from ijepa_ds.train import main as train_main
 from tests.train.equivalence_worker import OVERRIDES
@@ -67,7 +67,7 @@ def _inject_save_fault(rank: int, step: int) -> None:
 
     def faulty(trainer, run_dir, done, reason):
         if trainer.dist_env.rank == rank and done == step:
-            writer = trainer.engine.checkpoint_engine
+            writer = trainer.engine.ds.checkpoint_engine
             write = writer.save
 
             def write_then_die(state_dict, path):

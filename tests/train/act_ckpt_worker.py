@@ -2,7 +2,7 @@
 
 Plain modules (each rank alone): every implementation (torch non-reentrant, DeepSpeed,
 fairscale), with and without CPU offload, at both intervals (every block, every 2nd block), on
-the encoder and on the predictor. Then the trainer's own engine (``build_engine``, which
+the encoder and on the predictor. Then the trainer's own engine (``build_engine_and_target``, which
 applies checkpointing from the config) at ZeRO 0 and ZeRO 3 over both ranks: every
 implementation, with and without offload, on every encoder and predictor block, against the
 same engine without checkpointing. (DeepSpeed's CPU offload needs a GPU: on a CPU device the
@@ -20,16 +20,16 @@ import torch
 import torch.distributed as dist
 from deepspeed.utils import safe_get_full_grad
 
+from ijepa_ds.backend.act_ckpt import apply_activation_checkpointing
+from ijepa_ds.backend.comm import init_distributed, shutdown_distributed
+from ijepa_ds.backend.ds_config import build_ds_config
 from ijepa_ds.config import load_config
-from ijepa_ds.distributed import detect_dist_env, init_distributed, shutdown_distributed
+from ijepa_ds.distributed import detect_dist_env
 from ijepa_ds.loss import jepa_loss, make_targets
 from ijepa_ds.masks import MultiBlockMaskSampler
 from ijepa_ds.models import build_encoder, build_predictor
-from ijepa_ds.train.act_ckpt import apply_activation_checkpointing
-from ijepa_ds.train.ds_config import build_ds_config
-from ijepa_ds.train.engine import build_engine
 from ijepa_ds.train.step import compute_loss
-from ijepa_ds.train.trainer import build_student
+from ijepa_ds.train.trainer import build_engine_and_target, build_student
 
 # (implementation, CPU offload) under their result names.
 VARIANTS = {
@@ -117,7 +117,7 @@ def engine_grads(stage: int, overrides: list[str], rank: int) -> tuple[dict, lis
     overrides = [*ENGINE_OVERRIDES, f"deepspeed.config=zero{stage}", *overrides]
     cfg = load_config("fmnist_tiny", overrides)
     student = build_student(cfg)
-    engine, target = build_engine(student, build_ds_config(cfg, 2), cfg.model, cfg.optim)
+    engine, target = build_engine_and_target(student, build_ds_config(cfg, 2), cfg.model, cfg.optim)
     imgs = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(rank))
     positions = list(range(4 * rank, 4 * rank + 4))
     masks_enc, masks_pred = MultiBlockMaskSampler((8, 8), 8, seed=0, min_keep=2)(positions)

@@ -13,7 +13,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from ijepa_ds.distributed import shutdown_distributed
+from ijepa_ds.backend.comm import shutdown_distributed
 from tests.train.run_helpers import gathered_params, run_training_keep_trainer, tiny_overrides
 
 

@@ -19,13 +19,14 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
+from ijepa_ds.backend.comm import init_distributed, shutdown_distributed
+from ijepa_ds.backend.ds_config import build_ds_config
+from ijepa_ds.backend.param_groups import build_param_groups, set_lr_wd
 from ijepa_ds.config import load_config
 from ijepa_ds.data import PositionDataset
-from ijepa_ds.distributed import detect_dist_env, init_distributed, shutdown_distributed
+from ijepa_ds.distributed import detect_dist_env
 from ijepa_ds.loss import jepa_loss, make_targets
-from ijepa_ds.train.ds_config import build_ds_config
 from ijepa_ds.train.loop import train_loop
-from ijepa_ds.train.param_groups import build_param_groups, set_lr_wd
 from ijepa_ds.train.trainer import build_student, build_trainer
 
 STEPS = 3

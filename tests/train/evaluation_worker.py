@@ -10,9 +10,10 @@ import sys
 
 import torch.distributed as dist
 
+from ijepa_ds.backend.comm import init_distributed, shutdown_distributed
+from ijepa_ds.backend.ds_config import build_ds_config
 from ijepa_ds.config import load_config
-from ijepa_ds.distributed import detect_dist_env, init_distributed, shutdown_distributed
-from ijepa_ds.train.ds_config import build_ds_config
+from ijepa_ds.distributed import detect_dist_env
 from ijepa_ds.train.evaluation import PretrainEvaluator
 from ijepa_ds.train.loop import train_loop
 from ijepa_ds.train.trainer import build_trainer

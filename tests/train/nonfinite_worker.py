@@ -14,8 +14,8 @@ import sys
 import torch
 import torch.distributed as dist
 
+from ijepa_ds.backend.comm import shutdown_distributed
 from ijepa_ds.data import loader as data_loader
-from ijepa_ds.distributed import shutdown_distributed
 from ijepa_ds.observability.nonfinite import NonFiniteLossError
 from tests.train.run_helpers import run_training_keep_trainer, tiny_overrides
 

@@ -15,8 +15,8 @@ import sys
 
 import torch.distributed as dist
 
+from ijepa_ds.backend.comm import shutdown_distributed
 from ijepa_ds.checkpoint import saver
-from ijepa_ds.distributed import shutdown_distributed
 from tests.train.run_helpers import gathered_params, run_training_keep_trainer
 
 TOTAL, STOP = 3, 2

@@ -105,8 +105,8 @@ def _poison(position: int | None) -> None:
 
 
 def _trainer(env, *extra: str):
+    from ijepa_ds.backend.ds_config import build_ds_config
     from ijepa_ds.config import load_config
-    from ijepa_ds.train.ds_config import build_ds_config
     from ijepa_ds.train.trainer import build_trainer
     from tests.train.equivalence_worker import OVERRIDES
 
@@ -166,8 +166,8 @@ def single_micro_step(env, counter) -> dict:
     loop.micro_step(trainer, batch, 0)
     return {
         "all_reduces": counter.calls - before,
-        "applied": trainer.engine.was_step_applied(),
-        "global_steps": trainer.engine.global_steps,
+        "applied": trainer.engine.step_applied(),
+        "global_steps": trainer.engine.ds.global_steps,
     }
 
 
@@ -205,7 +205,7 @@ def nan_stop_run(env, stage: int) -> dict:
     return {
         "error": error,
         "micro_steps": calls[0],
-        "global_steps": trainer.engine.global_steps,
+        "global_steps": trainer.engine.ds.global_steps,
         "student_changed_by": _max_change(snapshot["student"], student),
         "target_changed_by": _max_change(snapshot["target"], target),
     }
@@ -214,12 +214,8 @@ def nan_stop_run(env, stage: int) -> dict:
 def main(out: str) -> None:
     import torch
 
-    from ijepa_ds.distributed import (
-        all_reduce_on_device,
-        detect_dist_env,
-        init_distributed,
-        shutdown_distributed,
-    )
+    from ijepa_ds.backend.comm import init_distributed, shutdown_distributed
+    from ijepa_ds.distributed import all_reduce_on_device, detect_dist_env
 
     env = detect_dist_env()
     init_distributed(env)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from ijepa_ds.backend.ds_config import load_ds_json
 from ijepa_ds.cli.main import main as cli_main
 from ijepa_ds.interop.consolidated import load_consolidated
-from ijepa_ds.train.ds_config import load_ds_json
 from tests.helpers import assert_ok, torchrun
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from ijepa_ds.backend.ds_config import DS_CONFIG_DIR, build_ds_config
 from ijepa_ds.config import load_config
-from ijepa_ds.train.ds_config import DS_CONFIG_DIR, build_ds_config
 
 
 def _cfg(*overrides):

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from ijepa_ds.train import act_ckpt
-from ijepa_ds.train.act_ckpt import apply_activation_checkpointing
+from ijepa_ds.backend import act_ckpt
+from ijepa_ds.backend.act_ckpt import apply_activation_checkpointing
 from tests.helpers import assert_ok, torchrun
 from tests.train.act_ckpt_worker import VARIANTS, build_models, grads
 
