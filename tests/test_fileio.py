@@ -35,3 +35,6 @@ def test_torch_save_round_trip(tmp_path):
     path = atomic_torch_save(obj, tmp_path / "x.pt")
     back = torch.load(path, weights_only=True)
     assert back["step"] == 7 and torch.equal(back["w"], obj["w"])
+
+
+pytestmark = pytest.mark.fast  # in-process: part of `python -m pytest -m fast`

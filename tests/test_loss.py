@@ -52,3 +52,6 @@ def test_l2_is_mean_squared_error() -> None:
 def test_unknown_loss_kind_is_named() -> None:
     with pytest.raises(ValueError, match="unknown loss kind 'huber'"):
         jepa_loss(torch.zeros(1), torch.zeros(1), "huber")
+
+
+pytestmark = pytest.mark.fast  # in-process: part of `python -m pytest -m fast`

@@ -80,3 +80,6 @@ def test_pure_function_of_step():
             b.wd_at(step),
             b.momentum_at(step),
         )
+
+
+pytestmark = pytest.mark.fast  # in-process: part of `python -m pytest -m fast`

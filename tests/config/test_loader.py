@@ -197,3 +197,6 @@ def test_config_hash_is_stable_and_sensitive():
     changed = load_config("fmnist_tiny", ["schedule.lr=0.0011"])
     assert config_hash(changed) != config_hash(a)
     assert config_hash(load_config("fmnist_tiny", ["seed=1"])) != config_hash(a)
+
+
+pytestmark = pytest.mark.fast  # in-process: part of `python -m pytest -m fast`

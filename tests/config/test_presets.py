@@ -101,3 +101,6 @@ def test_fmnist_tiny_is_a_tiny_cpu_run():
 )
 def test_fmnist_tiny_finds_the_debian_dataset():
     validate_paths(load_config("fmnist_tiny"))
+
+
+pytestmark = pytest.mark.fast  # in-process: part of `python -m pytest -m fast`

@@ -145,3 +145,6 @@ def test_data_root_defaults_per_dataset():
     )
     assert resolve_data_root(DataConfig(dataset="fashion_mnist", root="/x")) == "/x"
     assert resolve_data_root(DataConfig(dataset="image_folder")) == ""
+
+
+pytestmark = pytest.mark.fast  # in-process: part of `python -m pytest -m fast`

@@ -210,3 +210,6 @@ def test_fairscale_without_the_package_is_a_config_error(monkeypatch):
     ):
         validate_config(cfg)
     validate_config(load_config(None, ["model.act_ckpt_encoder=1"]))  # torch: not needed
+
+
+pytestmark = pytest.mark.fast  # in-process: part of `python -m pytest -m fast`

@@ -158,3 +158,6 @@ def test_stream_invariants_hold_for_any_split(world, b, accum, extra, start, see
     epoch_len = (n // g) * g
     first_epoch = [pmap.index_of(p) for p in range(epoch_len)]
     assert len(set(first_epoch)) == epoch_len
+
+
+pytestmark = pytest.mark.fast  # in-process: part of `python -m pytest -m fast`

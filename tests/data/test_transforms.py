@@ -149,3 +149,6 @@ def test_argument_errors() -> None:
         build_eval_transform(16, mean=(0.5, 0.5), std=(0.2, 0.2))
     with pytest.raises(ValueError, match="smaller than crop_size"):
         build_eval_transform(16, resize_size=8)
+
+
+pytestmark = pytest.mark.fast  # in-process: part of `python -m pytest -m fast`

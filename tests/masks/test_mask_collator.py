@@ -63,3 +63,6 @@ def test_worker_processes_collate_exactly_as_the_main_process():
 def test_empty_batch_is_an_error():
     with pytest.raises(ValueError, match="empty"):
         MaskCollator(_sampler())([])
+
+
+pytestmark = pytest.mark.fast  # in-process: part of `python -m pytest -m fast`

@@ -75,3 +75,6 @@ def test_factory_picks_the_sampler_and_rejects_unknown_compat():
     assert isinstance(sampler, ReferenceMaskSampler) and sampler.npred == 3
     with pytest.raises(ValueError, match=r"mask\.compat='official'"):
         build_mask_sampler("official", **kw)
+
+
+pytestmark = pytest.mark.fast  # in-process: part of `python -m pytest -m fast`

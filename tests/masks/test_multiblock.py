@@ -294,3 +294,6 @@ def test_any_accepted_setting_samples_valid_masks(
         return
     for step in (0, 1, 2):
         _check_step(sampler, step)
+
+
+pytestmark = pytest.mark.fast  # in-process: part of `python -m pytest -m fast`

@@ -106,3 +106,6 @@ def test_context_relaxation_terminates_and_may_overlap_targets():
         assert enc.shape[2] > 1
         overlapping += sum(bool(np.isin(e, p).any()) for e, p in zip(enc, pred, strict=True))
     assert overlapping > 0
+
+
+pytestmark = pytest.mark.fast  # in-process: part of `python -m pytest -m fast`

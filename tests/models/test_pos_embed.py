@@ -101,3 +101,6 @@ def test_adapt_predictor_table_and_errors() -> None:
         adapt_pos_embed(pred.state_dict(), 8)
     with pytest.raises(ValueError, match="not square, pass old_grid"):
         adapt_pos_embed({"pos_embed": torch.zeros(1, 24, 16)}, 8, mode="bicubic")
+
+
+pytestmark = pytest.mark.fast  # in-process: part of `python -m pytest -m fast`

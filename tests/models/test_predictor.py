@@ -163,3 +163,6 @@ def test_invalid_arguments_raise() -> None:
     pred = small_predictor()
     with pytest.raises(ValueError, match="batch 3, 2 context"):
         pred(torch.randn(3, 5, DIM), random_masks(2, 5), random_masks(1, 2))
+
+
+pytestmark = pytest.mark.fast  # in-process: part of `python -m pytest -m fast`

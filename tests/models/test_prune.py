@@ -108,7 +108,7 @@ def test_pruned_predictor_equals_unpruned_outputs_and_gradients(attn_impl: str, 
 
 
 def test_config_switch_reaches_the_predictor() -> None:
-    small = ["model.pred_emb_dim=16", "model.pred_depth=1", "data.crop_size=32"]
+    small = ["model.pred_emb_dim=16", "model.pred_num_heads=4", "model.pred_depth=1"]
     for value, expected in (("true", True), ("false", False)):
         cfg = load_config(None, [f"model.predictor_prune_last={value}", *small])
         assert build_predictor_from_config(cfg).prune_last_block is expected
@@ -157,3 +157,6 @@ def test_auto_attention_runs_the_resolved_kernel_on_cpu(dtype: torch.dtype, kern
     # The two kernels round differently in bf16, so the match above is the kernel's own.
     if dtype == torch.bfloat16:
         assert not torch.equal(got, alt)
+
+
+pytestmark = pytest.mark.fast  # in-process: part of `python -m pytest -m fast`

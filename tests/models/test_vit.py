@@ -244,3 +244,6 @@ def test_blocks_can_be_wrapped_by_activation_checkpointing() -> None:
     wrapped = checkpoint(block, x, use_reentrant=False)
     (grad_wrapped,) = torch.autograd.grad(wrapped.sum(), x)
     assert torch.equal(direct, wrapped) and torch.equal(grad_direct, grad_wrapped)
+
+
+pytestmark = pytest.mark.fast  # in-process: part of `python -m pytest -m fast`
