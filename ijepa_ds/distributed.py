@@ -169,9 +169,13 @@ def init_process_group(
     """Export the resolved variables and start torch's default group (env:// rendezvous).
 
     ``timeout`` bounds every collective (``dist_timeout()`` when None). Training goes through
-    ``backend.comm.init_distributed``, which calls this and then attaches DeepSpeed.
+    ``backend.comm.init_distributed``, which calls this and then attaches DeepSpeed. A no-op
+    when a default group already exists (several runs in one process, as DeepSpeed allows).
     """
     import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
 
     os.environ.update(
         RANK=str(dist_env.rank),

@@ -13,7 +13,7 @@ from torch import nn
 from ijepa_ds.backend import act_ckpt
 from ijepa_ds.backend.act_ckpt import apply_activation_checkpointing
 from tests.helpers import assert_ok, torchrun
-from tests.train.act_ckpt_worker import VARIANTS, build_models, grads
+from tests.backend.act_ckpt_worker import VARIANTS, build_models, grads
 
 WORKER = Path(__file__).with_name("act_ckpt_worker.py")
 
