@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ijepa_ds.launch.slurm import main  # noqa: E402
+from ijepa_ds.cli.launch_cmd import slurm_main  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(slurm_main())

@@ -1,4 +1,5 @@
-"""``ijepa-ds train``: the trainer's argument parser (shared with the launchers).
+"""``ijepa-ds train``: the trainer's argument parser (shared with ``launch local|slurm``) and
+its translation into the typed ``TrainArgs`` that everything below the CLI takes.
 
 Exit codes: 0 finished; 2 configuration or checkpoint error; ``EXIT_RUN_LOCKED`` (3) another
 live job holds the run folder, nothing was written; ``EXIT_STOPPED`` (75, ``EX_TEMPFAIL``:
@@ -11,6 +12,8 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+
+from ijepa_ds.train.args import TrainArgs
 
 EXIT_RUN_LOCKED = 3
 EXIT_STOPPED = 75
@@ -37,6 +40,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
     )
     return parser
+
+
+def train_args_from(args: argparse.Namespace) -> TrainArgs:
+    """The ``TrainArgs`` held by a namespace parsed with ``add_train_arguments``."""
+    return TrainArgs(
+        config=args.config,
+        overrides=tuple(args.overrides),
+        resume=args.resume,
+        resume_fallback=args.resume_fallback,
+        local_rank=args.local_rank,
+    )
 
 
 def stopped_message(result: dict) -> str:
@@ -66,7 +80,7 @@ def _handler(args: argparse.Namespace) -> int:
     from ijepa_ds.train.main import run_training
 
     try:
-        result = run_training(args)
+        result = run_training(train_args_from(args))
     except (CheckpointError, WandbError) as err:
         # Reported like a config error: a clear message naming the file or setting, exit code 2.
         raise ConfigError(str(err)) from err

@@ -31,6 +31,7 @@ from ijepa_ds.config.schema import (
 from ijepa_ds.config.validate import (
     check_mask_settings,
     gradient_accumulation_steps,
+    resolved_global_batch,
     validate_config,
     validate_paths,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "config_to_dict",
     "dump_yaml",
     "gradient_accumulation_steps",
+    "resolved_global_batch",
     "iter_fields",
     "list_presets",
     "load_config",

@@ -239,6 +239,12 @@ def check_mask_settings(
     return []
 
 
+def resolved_global_batch(data: DataConfig, world_size: int) -> int:
+    """Images per optimizer step: ``data.global_batch_size``, or batch_size x world size when
+    it is 0 (the field's default: no accumulation). The one place that default is spelled."""
+    return data.global_batch_size or data.batch_size * world_size
+
+
 def gradient_accumulation_steps(data: DataConfig, world_size: int) -> int:
     """Micro-batches per optimizer step: global / (batch_size * world_size); 1 when global is 0.
 

@@ -21,13 +21,13 @@ would hang; the save already happened on all ranks together.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import signal
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +35,7 @@ import submitit
 
 from ijepa_ds.distributed import slurm_master_port
 from ijepa_ds.observability import get_logger
+from ijepa_ds.train.args import TrainArgs
 
 log = get_logger(__name__)
 
@@ -208,16 +209,16 @@ class TrainingJob(submitit.helpers.Checkpointable):
     """The submitit callable: one training run (all tasks of one job run the same object).
 
     Args:
-        train_argv: ``ijepa-ds train`` arguments (``--config``, overrides, ``--resume``).
+        train: the training run (config, overrides, resume); the job adds its run folder.
         run_name: template of ``logging.run_name`` with ``%j`` or ``{job_id}``.
         output_dir: absolute ``logging.output_dir``.
         snapshot: folder with the code copy, ``launch.json`` and ``code.tar.gz`` (or None).
     """
 
     def __init__(
-        self, train_argv: list[str], run_name: str, output_dir: str, snapshot: str | None = None
+        self, train: TrainArgs, run_name: str, output_dir: str, snapshot: str | None = None
     ):
-        self.train_argv = list(train_argv)
+        self.train = train
         self.run_name = run_name
         self.output_dir = output_dir
         self.snapshot = snapshot
@@ -231,17 +232,13 @@ class TrainingJob(submitit.helpers.Checkpointable):
     def run(self, env, handler: PreemptionHandler) -> dict:
         """Train with the variables already exported; hand over to submitit on preemption."""
         from ijepa_ds.backend.comm import shutdown_distributed
-        from ijepa_ds.cli.train_cmd import add_train_arguments
         from ijepa_ds.train.main import run_training
 
-        parser = add_train_arguments(argparse.ArgumentParser(prog="ijepa-ds train"))
-        args = parser.parse_args(self.train_argv)
         run_dir = Path(self.output_dir) / resolve_run_name(self.run_name, env.job_id)
-        args.overrides += [
-            f"logging.output_dir={self.output_dir}",
-            f"logging.run_name={run_dir.name}",
-        ]
-        args.resume = _resume_argument(args.resume, run_dir)
+        args = self.train.with_overrides(
+            f"logging.output_dir={self.output_dir}", f"logging.run_name={run_dir.name}"
+        )
+        args = replace(args, resume=_resume_argument(args.resume, run_dir))
         snapshot = self.snapshot and Path(self.snapshot)
         _export_snapshot_revision(snapshot)
         # Records are written once the run folder is locked: a job refused because another

@@ -15,51 +15,53 @@ A few nodes without SLURM:
   passwordless ssh (pdsh), with the same checkout and environment on each.
 
 The trainer's arguments (``--config``, overrides, ``--resume``) are those of ``ijepa-ds
-train``, parsed by its own parser; the config is validated for the launch's world size before
-any process starts.
+train`` (``TrainArgs``, parsed by the CLI with the trainer's own parser); the config is
+validated for the launch's world size before any process starts.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-from ijepa_ds.cli.train_cmd import add_train_arguments
-from ijepa_ds.launch.common import launcher_main, train_argv
+from ijepa_ds.train.args import TrainArgs
 
 LAUNCHERS = ("torchrun", "deepspeed")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-def add_local_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options of ``launch local`` followed by the trainer's own arguments."""
-    group = parser.add_argument_group("launcher")
-    group.add_argument("--nproc-per-node", "--nproc", type=int, default=1, help="ranks per node")
-    group.add_argument("--launcher", choices=LAUNCHERS, default="torchrun")
-    group.add_argument("--nnodes", type=int, default=1, help="torchrun: number of nodes")
-    group.add_argument("--node-rank", type=int, default=0, help="torchrun: this node's index")
-    group.add_argument("--master-addr", default="127.0.0.1", help="address of node 0")
-    group.add_argument(
-        "--master-port", type=int, default=0, help="rendezvous port; 0 = a free one (one node)"
-    )
-    group.add_argument("--hostfile", default=None, help="deepspeed: 'host slots=N' per line")
-    group.add_argument(
-        "--log-level",
-        choices=LOG_LEVELS,
-        default="WARNING",
-        help="verbosity of the launcher and torch.distributed (LOGLEVEL, TORCH_CPP_LOG_LEVEL, "
-        "NCCL_DEBUG; values already set in the environment win)",
-    )
-    group.add_argument("--dry-run", action="store_true", help="print the command, start nothing")
-    return add_train_arguments(parser)
+@dataclass(frozen=True)
+class LocalLaunch:
+    """``launch local``: how many ranks where, through which launcher, running ``train``.
+
+    nproc_per_node ranks on each of nnodes nodes (this one is node_rank); master_addr and
+    master_port are node 0's rendezvous (port 0: a free one, one node only); hostfile is the
+    deepspeed launcher's ``host slots=N`` file; log_level sets the launcher's and
+    torch.distributed's verbosity; dry_run prints the command and starts nothing.
+    """
+
+    train: TrainArgs
+    nproc_per_node: int = 1
+    launcher: str = "torchrun"
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 0
+    hostfile: str | None = None
+    log_level: str = "WARNING"
+    dry_run: bool = False
 
 
-def _check(args: argparse.Namespace) -> None:
+def _check(args: LocalLaunch) -> None:
     from ijepa_ds.config import ConfigError
 
+    if args.launcher not in LAUNCHERS:
+        raise ConfigError(f"--launcher {args.launcher!r}: expected one of {LAUNCHERS}")
+    if args.log_level not in LOG_LEVELS:
+        raise ConfigError(f"--log-level {args.log_level!r}: expected one of {LOG_LEVELS}")
     if args.nproc_per_node < 1 or args.nnodes < 1:
         raise ConfigError("--nproc-per-node and --nnodes must be >= 1")
     if not 0 <= args.node_rank < args.nnodes:
@@ -75,9 +77,9 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError("--hostfile is read by the deepspeed launcher: add --launcher deepspeed")
 
 
-def build_command(args: argparse.Namespace, master_port: int) -> list[str]:
+def build_command(args: LocalLaunch, master_port: int) -> list[str]:
     """The launcher's command line, running ``python -m ijepa_ds train`` on every rank."""
-    trainer = ["ijepa_ds", "train", *train_argv(args)]
+    trainer = ["ijepa_ds", "train", *args.train.argv()]
     if args.launcher == "torchrun":
         return [
             sys.executable,
@@ -121,26 +123,17 @@ def launch_env(base: Mapping[str, str], log_level: str) -> dict[str, str]:
     return env
 
 
-def run_local(args: argparse.Namespace) -> int:
+def run_local(args: LocalLaunch) -> int:
     """Validate the config for the launch's world size, then run the launcher; its exit code."""
     from ijepa_ds.config import load_config, validate_config
     from ijepa_ds.distributed import free_port
 
     _check(args)
     world_size = args.nnodes * args.nproc_per_node
-    validate_config(load_config(args.config, args.overrides), world_size=world_size)
+    validate_config(load_config(args.train.config, args.train.overrides), world_size=world_size)
     command = build_command(args, args.master_port or free_port())
     env = launch_env(os.environ, args.log_level)
     print("launching: " + " ".join(command), file=sys.stderr, flush=True)
     if args.dry_run:
         return 0
     return subprocess.run(command, env=env).returncode
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ijepa_ds.launch.local``: the same as ``ijepa-ds launch local``."""
-    return launcher_main("ijepa-ds launch local", add_local_arguments, run_local, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

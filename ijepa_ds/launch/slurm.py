@@ -17,28 +17,68 @@ there (``--resume auto``). Job logs: ``<slurm-dir>/<job id>/``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
 import sys
 import tarfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ijepa_ds.cli.train_cmd import add_train_arguments
 from ijepa_ds.config import ConfigError
-from ijepa_ds.launch.common import launcher_main, train_argv
 from ijepa_ds.launch.sweep import sweep_runs
+from ijepa_ds.train.args import TrainArgs
 
 # What the jobs run from: the package and, from a checkout, the DeepSpeed JSON files it looks up
 # beside itself (an installed wheel carries them inside, as ijepa_ds/ds_configs/).
 SNAPSHOT_ITEMS = ("ijepa_ds", "ds_configs")
 _MEM_RE = re.compile(r"^\d+[KMGT]?$")
 _TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+# Options written as ``#SBATCH --NAME=VALUE`` when set (``mem`` too, checked first).
+SBATCH_PASSTHROUGH = ("partition", "account", "qos", "constraint", "exclude")
+
+
+@dataclass(frozen=True)
+class SlurmLaunch:
+    """``launch slurm``: the allocation, the jobs, and the training run each job does.
+
+    Resources: nodes x tasks_per_node ranks (one per GPU), gpus_per_node, cpus_per_task,
+    mem per node (``64G``), time (minutes, ``H:M:S`` or ``D-H:M:S``), the plain ``#SBATCH``
+    passthroughs (partition, account, qos, constraint, exclude; ``""`` = not set) and sbatch,
+    any other option as ``KEY[=VALUE]``. Jobs: job_name; sweep, ``KEY=V1,V2`` grids (one
+    array job per member); slurm_dir, job logs and code copies (``""`` = under the output
+    dir); signal_delay, seconds before the limit at which a job saves and requeues;
+    max_requeues; wait, block and report; dry_run, print the sbatch script only.
+    """
+
+    train: TrainArgs
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    mem: str = ""
+    time: str = "60"
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    constraint: str = ""
+    exclude: str = ""
+    sbatch: tuple[str, ...] = ()
+    job_name: str = "ijepa"
+    sweep: tuple[str, ...] = ()
+    slurm_dir: str = ""
+    signal_delay: int = 120
+    max_requeues: int = 3
+    wait: bool = False
+    dry_run: bool = False
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.tasks_per_node
 
 
 def parse_time(value: str) -> int:
@@ -62,7 +102,7 @@ def parse_time(value: str) -> int:
     return hours * 60 + minutes + (1 if seconds else 0)
 
 
-def sbatch_options(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
+def sbatch_options(args: SlurmLaunch, workdir: str) -> dict[str, Any]:
     """``submitit.SlurmExecutor`` parameters (each one an ``#SBATCH`` line) from the options."""
     minutes = parse_time(args.time)
     if args.signal_delay >= minutes * 60:
@@ -89,7 +129,7 @@ def sbatch_options(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     }
     if args.gpus_per_node:
         options["gpus_per_node"] = args.gpus_per_node
-    for name in ("mem", "partition", "account", "qos", "constraint", "exclude"):
+    for name in ("mem", *SBATCH_PASSTHROUGH):
         if getattr(args, name):
             options[name] = getattr(args, name)
     return options
@@ -101,7 +141,7 @@ class Submission:
 
     job: Any  # submitit.Job
     run_dir: Path
-    train_argv: list[str]
+    train: TrainArgs
 
 
 def snapshot_code(dest: Path, record: dict) -> Path:
@@ -124,110 +164,62 @@ def snapshot_code(dest: Path, record: dict) -> Path:
     return dest
 
 
-def _runs(args: argparse.Namespace, world_size: int) -> list[tuple[list[str], str, str]]:
-    """(train argv, run-name template, output dir) per sweep member, each config validated."""
+def _runs(args: SlurmLaunch) -> list[tuple[TrainArgs, str, str]]:
+    """(train args, run-name template, output dir) per sweep member, each config validated."""
     from ijepa_ds.config import load_config, validate_config
 
-    members = sweep_runs(args.config, args.overrides, args.sweep)
+    members = sweep_runs(args.train.config, list(args.train.overrides), list(args.sweep))
     runs = []
     for config, overrides in members:
         cfg = load_config(config, overrides)
-        validate_config(cfg, world_size=world_size)
+        validate_config(cfg, world_size=args.world_size)
         template = cfg.logging.run_name or f"{args.job_name}-%j"
         if len(members) > 1 and "%j" not in template and "{job_id}" not in template:
             raise ConfigError(
                 f"logging.run_name={template!r} is shared by {len(members)} sweep runs: "
                 "put %j or {job_id} in it"
             )
-        argv = train_argv(
-            argparse.Namespace(**{**vars(args), "config": config, "overrides": overrides})
-        )
-        runs.append((argv, template, str(Path(cfg.logging.output_dir).resolve())))
+        train = replace(args.train, config=config, overrides=tuple(overrides))
+        runs.append((train, template, str(Path(cfg.logging.output_dir).resolve())))
     return runs
 
 
-def _slurm_dir(args: argparse.Namespace, runs: list) -> Path:
+def _slurm_dir(args: SlurmLaunch, runs: list) -> Path:
     return Path(args.slurm_dir or Path(runs[0][2]) / "slurm").resolve()
 
 
-def submit(args: argparse.Namespace) -> list[Submission]:
+def submit(args: SlurmLaunch) -> list[Submission]:
     """Validate every run's config, snapshot the code, submit (an array for a sweep)."""
     import submitit
 
     from ijepa_ds.launch.job import TrainingJob, resolve_run_name
 
-    runs = _runs(args, args.nodes * args.tasks_per_node)
+    runs = _runs(args)
     slurm_dir = _slurm_dir(args, runs)
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 10**6:06d}"
     code = slurm_dir / "code" / stamp
     options = sbatch_options(args, workdir=str(code))
-    snapshot_code(code, {"argv": sys.argv, "sbatch": options, "runs": runs, "time": time.time()})
+    record = [(train.argv(), name, out) for train, name, out in runs]
+    snapshot_code(code, {"argv": sys.argv, "sbatch": options, "runs": record, "time": time.time()})
     executor = submitit.SlurmExecutor(folder=slurm_dir / "%j", max_num_timeout=args.max_requeues)
     executor.update_parameters(**options)
-    calls = [TrainingJob(argv, name, out, str(code)) for argv, name, out in runs]
+    calls = [TrainingJob(train, name, out, str(code)) for train, name, out in runs]
     if len(calls) == 1:
         jobs = [executor.submit(calls[0])]
     else:  # one job array; the ids exist once the batch context closes
         with executor.batch():
             jobs = [executor.submit(call) for call in calls]
     return [
-        Submission(job, Path(out) / resolve_run_name(name, job.job_id), argv)
-        for job, (argv, name, out) in zip(jobs, runs)
+        Submission(job, Path(out) / resolve_run_name(name, job.job_id), train)
+        for job, (train, name, out) in zip(jobs, runs)
     ]
 
 
-def add_slurm_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options of ``launch slurm`` followed by the trainer's own arguments."""
-    g = parser.add_argument_group("SLURM resources")
-    g.add_argument("--nodes", type=int, default=1)
-    g.add_argument("--tasks-per-node", type=int, default=1, help="ranks per node (= GPUs)")
-    g.add_argument("--gpus-per-node", type=int, default=0)
-    g.add_argument("--cpus-per-task", type=int, default=1)
-    g.add_argument("--mem", default="", help="memory per node, e.g. 64G")
-    g.add_argument("--time", default="60", help="time limit: minutes, H:M:S or D-H:M:S")
-    for name in ("partition", "account", "qos", "constraint", "exclude"):
-        g.add_argument(f"--{name}", default="")
-    g.add_argument(
-        "--sbatch",
-        action="append",
-        default=[],
-        metavar="KEY[=VALUE]",
-        help="any other sbatch option, e.g. --sbatch reservation=r1 --sbatch exclusive",
-    )
-    j = parser.add_argument_group("jobs")
-    j.add_argument("--job-name", default="ijepa")
-    j.add_argument(
-        "--sweep",
-        action="append",
-        default=[],
-        metavar="KEY=V1,V2",
-        help="one job per value (grid over several --sweep), submitted as one array; "
-        "KEY 'config' sweeps the preset",
-    )
-    j.add_argument(
-        "--slurm-dir",
-        default="",
-        help="job logs and code copies (default <logging.output_dir>/slurm)",
-    )
-    j.add_argument(
-        "--signal-delay",
-        type=int,
-        default=120,
-        help="seconds before the time limit at which the job saves and requeues",
-    )
-    j.add_argument(
-        "--max-requeues", type=int, default=3, help="time-outs/preemptions a job may requeue after"
-    )
-    j.add_argument("--wait", action="store_true", help="wait for the jobs and report")
-    j.add_argument("--dry-run", action="store_true", help="print the sbatch script only")
-    return add_train_arguments(parser)
-
-
-def dry_run_text(args: argparse.Namespace) -> str:
+def dry_run_text(args: SlurmLaunch) -> str:
     """The sbatch script and the trainer arguments that ``submit`` would use."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    runs = _runs(args, args.nodes * args.tasks_per_node)
+    runs = _runs(args)
     slurm_dir = _slurm_dir(args, runs)
     options = sbatch_options(args, workdir=str(slurm_dir / "code" / "<stamp>"))
     script = _make_sbatch_string(
@@ -237,12 +229,12 @@ def dry_run_text(args: argparse.Namespace) -> str:
         **options,
     )
     lines = [script] + [
-        f"# run {name} in {out}: ijepa-ds train {' '.join(a)}" for a, name, out in runs
+        f"# run {name} in {out}: ijepa-ds train {' '.join(t.argv())}" for t, name, out in runs
     ]
     return "\n".join(lines)
 
 
-def run_slurm(args: argparse.Namespace) -> int:
+def run_slurm(args: SlurmLaunch) -> int:
     """Submit (or print with --dry-run); with --wait, 0 only if every job completed."""
     from ijepa_ds.launch.monitor import JobFailedError, wait_all
 
@@ -264,12 +256,3 @@ def run_slurm(args: argparse.Namespace) -> int:
         return 1
     print("\n".join(lines))
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ijepa_ds.launch.slurm``: the same as ``ijepa-ds launch slurm``."""
-    return launcher_main("ijepa-ds launch slurm", add_slurm_arguments, run_slurm, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

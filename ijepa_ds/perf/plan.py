@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ijepa_ds.config import gradient_accumulation_steps
+from ijepa_ds.config import gradient_accumulation_steps, resolved_global_batch
 from ijepa_ds.models.layers import resolve_attn_impl
 from ijepa_ds.perf.flops import StepFlops, StepShape, shape_from_config, step_flops
 from ijepa_ds.perf.memory import (
@@ -134,7 +134,7 @@ def plan(
     """
 
     eng, act = _settings(cfg, world_size)
-    global_batch = cfg.data.global_batch_size or cfg.data.batch_size * world_size
+    global_batch = resolved_global_batch(cfg.data, world_size)
     shape = shape_from_config(cfg, *expected_tokens(cfg, global_batch))
     m = cfg.model
     result = PlanResult(

@@ -1,10 +1,11 @@
-"""``ijepa-ds train`` / ``python -m ijepa_ds.train``: validate, start ranks, build, train."""
+"""The trainer's entry point below the CLI: validate, start ranks, lock the run, build, train."""
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
+import signal
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -19,18 +20,19 @@ from ijepa_ds.distributed import detect_dist_env, dist_timeout
 from ijepa_ds.observability import get_logger, setup_logging
 from ijepa_ds.observability.logging import rank_log_file
 from ijepa_ds.observability.nonfinite import NonFiniteLossError
+from ijepa_ds.train.args import TrainArgs
 from ijepa_ds.train.evaluation import EvaluationHook, PretrainEvaluator
 from ijepa_ds.train.loop import train_loop
 from ijepa_ds.train.reporting import StepReporter
 from ijepa_ds.train.run_dir import agree_on_run_dir, write_run_files
-from ijepa_ds.train.trainer import build_trainer
+from ijepa_ds.train.trainer import Trainer, build_trainer
 
 log = get_logger(__name__)
 # Raised by every rank at once, after a collective that told them all: nothing is in flight.
 AGREED_ERRORS = (NonFiniteLossError, CheckpointSaveError)
 
 
-def prepare(args: argparse.Namespace):
+def prepare(args: TrainArgs):
     """Everything checkable without a process group: config, launcher env, DeepSpeed JSON.
 
     Any problem is a ``ConfigError`` raised before a single rank waits on another.
@@ -58,7 +60,11 @@ def prepare(args: argparse.Namespace):
 
 
 def run_training(
-    args: argparse.Namespace, on_policy=None, stop_signals=STOP_SIGNALS, on_locked=None
+    args: TrainArgs,
+    on_policy: Callable[[SavePolicy], None] | None = None,
+    stop_signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
+    on_locked: Callable[[Path], None] | None = None,
+    on_trainer: Callable[[Trainer], None] | None = None,
 ) -> dict:
     """Validate everything that can be checked alone, then start the process group, lock the
     run folder and train.
@@ -68,6 +74,8 @@ def run_training(
     ``stop_signals``: the signals that save and stop at the next step boundary (a launcher
     with its own SIGTERM handling passes ``()``). ``on_locked(run_dir)`` (optional) runs on
     every rank once the run folder is locked, before anything else is written into it.
+    ``on_trainer(trainer)`` (optional) receives the trainer once it is built, before a resume
+    loads into it (tests inspect its engine and target after the run).
 
     Raises ``RunLockedError`` on every rank when another live job holds the run folder. The
     result's ``stopped_by`` names the signal that stopped the run before its last step.
@@ -85,10 +93,11 @@ def run_training(
     with lock:
         if on_locked is not None:
             on_locked(run_dir)
-        return _train(args, cfg, dist_env, ds_config, run_dir, on_policy, stop_signals)
+        callbacks = (on_policy, on_trainer)
+        return _train(args, cfg, dist_env, ds_config, run_dir, callbacks, stop_signals)
 
 
-def _train(args, cfg, dist_env, ds_config, run_dir, on_policy, stop_signals) -> dict:
+def _train(args, cfg, dist_env, ds_config, run_dir, callbacks, stop_signals) -> dict:
     """``run_training`` once the run folder is locked."""
     setup_logging(
         dist_env.rank,
@@ -100,7 +109,10 @@ def _train(args, cfg, dist_env, ds_config, run_dir, on_policy, stop_signals) -> 
         prepare_resume(resume_from, dist_env, ds_config)
     if dist_env.is_main_process:
         write_run_files(run_dir, cfg, ds_config)
+    on_policy, on_trainer = callbacks
     trainer = build_trainer(cfg, dist_env, ds_config)
+    if on_trainer is not None:
+        on_trainer(trainer)
     _log_run(trainer, run_dir, ds_config)
     start_step = 0
     if resume_from is not None:
@@ -169,11 +181,3 @@ def build_hooks(trainer, run_dir, start_step: int, on_policy=None, stop_signals=
         evaluation.resume(run_dir, start_step)
     best = evaluation.mark_best(saver, run_dir, rank)
     return [reporter, evaluation, saver, best], reporter, saver
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ijepa_ds.train ARGS``: exactly ``ijepa-ds train ARGS`` (same errors, same
-    exit codes, the same shutdown after a clean finish)."""
-    from ijepa_ds.cli.main import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])

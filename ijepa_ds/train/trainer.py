@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 from ijepa_ds.backend.act_ckpt import apply_activation_checkpointing
 from ijepa_ds.backend.ds_config import zero_stage
 from ijepa_ds.backend.engine import Engine, build_engine
-from ijepa_ds.config import gradient_accumulation_steps
+from ijepa_ds.config import (
+    Config,
+    ModelConfig,
+    OptimConfig,
+    gradient_accumulation_steps,
+    resolved_global_batch,
+)
 from ijepa_ds.data import build_dataset, build_train_loader, build_train_transform
 from ijepa_ds.distributed import DistEnv
 from ijepa_ds.hostmem import pin_mmap_threshold
 from ijepa_ds.masks import MaskCollator, build_mask_sampler_from_config
+from ijepa_ds.masks.collator import MaskSampler
 from ijepa_ds.models.from_config import build_encoder_from_config, build_predictor_from_config
 from ijepa_ds.schedules import Schedule
 from ijepa_ds.train.student import IJEPAStudent
@@ -25,13 +32,13 @@ from ijepa_ds.train.target import TargetEncoder
 class Trainer:
     """The assembled run: engine, target, data, schedules and step bookkeeping."""
 
-    cfg: Any
+    cfg: Config
     dist_env: DistEnv
     ds_config: dict
-    engine: Any
-    target: Any
-    dataset: Any
-    mask_sampler: Any
+    engine: Engine
+    target: TargetEncoder
+    dataset: Dataset  # items (img [C, H, W], label, position)
+    mask_sampler: MaskSampler
     schedule: Schedule
     global_batch_size: int
     accumulation: int
@@ -40,11 +47,7 @@ class Trainer:
     device: torch.device
 
 
-def global_batch(cfg, world_size: int) -> int:
-    return cfg.data.global_batch_size or cfg.data.batch_size * world_size
-
-
-def build_train_dataset(cfg):
+def build_train_dataset(cfg: Config) -> Dataset:
     data = cfg.data
     transform = build_train_transform(
         data.crop_size,
@@ -63,7 +66,7 @@ def build_train_dataset(cfg):
     return build_dataset(data.dataset, data.root, True, transform)
 
 
-def build_schedule(cfg, iterations_per_epoch: int) -> Schedule:
+def build_schedule(cfg: Config, iterations_per_epoch: int) -> Schedule:
     s = cfg.schedule
     return Schedule.from_epochs(
         iterations_per_epoch,
@@ -80,7 +83,7 @@ def build_schedule(cfg, iterations_per_epoch: int) -> Schedule:
     )
 
 
-def build_student(cfg) -> IJEPAStudent:
+def build_student(cfg: Config) -> IJEPAStudent:
     """Student with identical initial weights on every rank (seeded before construction)."""
     torch.manual_seed(cfg.seed)
     encoder = build_encoder_from_config(cfg)
@@ -89,7 +92,7 @@ def build_student(cfg) -> IJEPAStudent:
 
 
 def build_engine_and_target(
-    student: IJEPAStudent, ds_config: dict, model_cfg, optim_cfg
+    student: IJEPAStudent, ds_config: dict, model_cfg: ModelConfig, optim_cfg: OptimConfig
 ) -> tuple[Engine, TargetEncoder]:
     """Target encoder + engine, in the order the traps demand.
 
@@ -110,7 +113,7 @@ def build_engine_and_target(
     return engine, target
 
 
-def build_trainer(cfg, dist_env: DistEnv, ds_config: dict) -> Trainer:
+def build_trainer(cfg: Config, dist_env: DistEnv, ds_config: dict) -> Trainer:
     """Everything but the data loader, which depends on the step to start from.
 
     CPU ranks pin glibc's mmap threshold first (``ijepa_ds.hostmem``): without it, a ZeRO-3
@@ -119,7 +122,7 @@ def build_trainer(cfg, dist_env: DistEnv, ds_config: dict) -> Trainer:
     if not torch.cuda.is_available():
         pin_mmap_threshold()
     world = dist_env.world_size
-    gbs = global_batch(cfg, world)
+    gbs = resolved_global_batch(cfg.data, world)
     dataset = build_train_dataset(cfg)
     if len(dataset) < gbs:
         raise ValueError(

@@ -12,8 +12,8 @@ from torch import nn
 
 from ijepa_ds.backend import act_ckpt
 from ijepa_ds.backend.act_ckpt import apply_activation_checkpointing
-from tests.helpers import assert_ok, torchrun
 from tests.backend.act_ckpt_worker import VARIANTS, build_models, grads
+from tests.helpers import assert_ok, torchrun
 
 WORKER = Path(__file__).with_name("act_ckpt_worker.py")
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from ijepa_ds.cli.launch_cmd import add_local_arguments, launch_options
 from ijepa_ds.config import ConfigError
-from ijepa_ds.launch.local import add_local_arguments, build_command, launch_env, run_local
+from ijepa_ds.launch.local import LocalLaunch, build_command, launch_env, run_local
 from tests.helpers import REPO, assert_ok, cpu_env
 from tests.train.equivalence_worker import OVERRIDES
 
@@ -20,8 +21,9 @@ RUN_LOCAL = REPO / "launchers" / "run_local.sh"
 TINY = [*OVERRIDES, "schedule.max_steps=3", "logging.jsonl=true", "logging.log_every=1"]
 
 
-def _args(*argv: str) -> argparse.Namespace:
-    return add_local_arguments(argparse.ArgumentParser()).parse_args(list(argv))
+def _args(*argv: str) -> LocalLaunch:
+    parsed = add_local_arguments(argparse.ArgumentParser()).parse_args(list(argv))
+    return launch_options(LocalLaunch, parsed)
 
 
 def test_torchrun_command_runs_the_trainer_module_with_its_arguments():

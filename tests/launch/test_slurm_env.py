@@ -13,6 +13,7 @@ import pytest
 from submitit.slurm.slurm import _make_sbatch_string
 
 from ijepa_ds.checkpoint.policy import SavePolicy
+from ijepa_ds.cli.launch_cmd import add_slurm_arguments, launch_options
 from ijepa_ds.config import ConfigError
 from ijepa_ds.distributed import detect_dist_env, slurm_master_port
 from ijepa_ds.launch import job as job_module
@@ -23,7 +24,8 @@ from ijepa_ds.launch.job import (
     preemption_signal,
     resolve_run_name,
 )
-from ijepa_ds.launch.slurm import add_slurm_arguments, dry_run_text, parse_time, sbatch_options
+from ijepa_ds.launch.slurm import SlurmLaunch, dry_run_text, parse_time, sbatch_options
+from ijepa_ds.train.args import TrainArgs
 
 
 @dataclass
@@ -127,12 +129,12 @@ def test_attach_routes_the_signal_to_the_policy():
 
 
 def test_checkpoint_resubmits_the_same_job_without_saving(tmp_path):
-    job = TrainingJob(["--config", "fmnist_tiny"], "r_%j", str(tmp_path))
+    job = TrainingJob(TrainArgs("fmnist_tiny"), "r_%j", str(tmp_path))
     delayed = job.checkpoint()
     assert delayed.function is job and delayed.args == () and delayed.kwargs == {}
     assert list(tmp_path.iterdir()) == []
     clone = pickle.loads(pickle.dumps(job))  # submitit pickles it by reference to our module
-    assert clone.train_argv == job.train_argv and clone.run_name == "r_%j"
+    assert clone.train == job.train and clone.run_name == "r_%j"
 
 
 def test_resume_is_auto_once_the_run_has_a_checkpoint(tmp_path):
@@ -164,9 +166,9 @@ def test_bad_time_limit_is_an_error():
         parse_time("soon")
 
 
-def _slurm_args(*argv: str) -> argparse.Namespace:
+def _slurm_args(*argv: str) -> SlurmLaunch:
     parser = add_slurm_arguments(argparse.ArgumentParser())
-    return parser.parse_args([*argv, "--config", "fmnist_tiny"])
+    return launch_options(SlurmLaunch, parser.parse_args([*argv, "--config", "fmnist_tiny"]))
 
 
 def test_options_map_to_sbatch_lines(tmp_path):

@@ -27,8 +27,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from ijepa_ds.cli.launch_cmd import add_slurm_arguments, launch_options
 from ijepa_ds.launch.monitor import JobFailedError, job_results, slurm_state
-from ijepa_ds.launch.slurm import Submission, add_slurm_arguments, submit
+from ijepa_ds.launch.slurm import SlurmLaunch, Submission, submit
 from tests.helpers import REPO
 from tests.train.equivalence_worker import OVERRIDES
 
@@ -62,7 +63,7 @@ def _submit(out: Path, name: str, options: str, epochs: int = 5) -> list[Submiss
         [*options.split(), "--job-name", name, "--config", "fmnist_tiny", *TINY]
         + [f"schedule.epochs={epochs}", f"logging.output_dir={out}", f"logging.run_name={name}_%j"]
     )
-    return submit(args)
+    return submit(launch_options(SlurmLaunch, args))
 
 
 def _interrupt_once_training(sub: Submission, done: threading.Event, min_steps: int = 2) -> None:

@@ -19,7 +19,6 @@ started at and its checkpoints, or the error it stopped with.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -33,6 +32,7 @@ from ijepa_ds.checkpoint import saver
 from ijepa_ds.data import loader as data_loader
 from ijepa_ds.train import loop
 from ijepa_ds.train import main as train_main
+from ijepa_ds.train.args import TrainArgs
 from tests.train.equivalence_worker import OVERRIDES
 
 BASE = [o for o in OVERRIDES if not o.startswith("schedule.max_steps")]
@@ -104,13 +104,12 @@ def main(out_prefix: str, run_root: str, run_name: str, fault: str, resume: str,
         _inject_pause(int(step), gate)
     elif kind != "none":
         raise SystemExit(f"unknown fault {fault!r}")
-    args = argparse.Namespace(
+    args = TrainArgs(
         config="fmnist_tiny",
-        overrides=BASE + [f"logging.output_dir={run_root}", f"logging.run_name={run_name}"]
-        + list(extra),
+        overrides=(*BASE, f"logging.output_dir={run_root}", f"logging.run_name={run_name}",
+                   *extra),
         resume="" if resume == "-" else resume.split("+")[0],
         resume_fallback=resume.endswith("+fallback"),
-        local_rank=None,
     )  # fmt: skip
     rank = int(os.environ["RANK"])
     try:

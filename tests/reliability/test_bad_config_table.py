@@ -8,11 +8,10 @@ world size, before a single rank could wait on another.
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 import torch.distributed as dist
 
+from ijepa_ds.train.args import TrainArgs
 from ijepa_ds.train.main import prepare
 from tests.reliability.fault_worker import BASE
 
@@ -56,10 +55,7 @@ CASES = [
 def test_bad_config_fails_before_any_process_group(monkeypatch, preset, overrides, env, pattern):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    args = argparse.Namespace(
-        config=preset, overrides=BASE + overrides, resume="", resume_fallback=False,
-        local_rank=None,
-    )  # fmt: skip
+    args = TrainArgs(preset, (*BASE, *overrides))
     with pytest.raises(ValueError, match=pattern):
         prepare(args)
     assert not dist.is_initialized()
@@ -68,9 +64,7 @@ def test_bad_config_fails_before_any_process_group(monkeypatch, preset, override
 def test_the_same_config_passes_when_valid(monkeypatch):
     for name, value in TWO_RANKS.items():
         monkeypatch.setenv(name, value)
-    args = argparse.Namespace(
-        config="fmnist_tiny", overrides=BASE, resume="", resume_fallback=False, local_rank=None
-    )
+    args = TrainArgs("fmnist_tiny", tuple(BASE))
     cfg, dist_env, ds_config = prepare(args)
     assert dist_env.world_size == 2 and ds_config["train_batch_size"] == 16
     assert cfg.model.name == "vit_tiny"

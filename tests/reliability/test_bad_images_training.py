@@ -6,7 +6,6 @@ A missing or empty dataset folder fails before training, naming the path.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 
@@ -15,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ijepa_ds.config import ConfigError, load_config
 from ijepa_ds.data.image_folder import COUNTERS, ImageFolder
+from ijepa_ds.train.args import TrainArgs
 from ijepa_ds.train.main import prepare
 from ijepa_ds.train.trainer import build_train_dataset
 from tests.data.test_image_folder import write_good_tree, write_odd_images
@@ -70,11 +70,7 @@ def test_training_goes_on_and_reports_bad_images_per_epoch(tmp_path):
 
 
 def _prepare(*overrides: str):
-    args = argparse.Namespace(
-        config="fmnist_tiny", overrides=BASE + list(overrides), resume="",
-        resume_fallback=False, local_rank=None,
-    )  # fmt: skip
-    return prepare(args)
+    return prepare(TrainArgs("fmnist_tiny", (*BASE, *overrides)))
 
 
 def test_missing_dataset_folder_fails_up_front(tmp_path):

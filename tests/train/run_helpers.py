@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-
 import deepspeed
 import torch
 
 from ijepa_ds.train import main as train_main
+from ijepa_ds.train.args import TrainArgs
 from tests.train.equivalence_worker import OVERRIDES
 
 
@@ -30,22 +29,9 @@ def run_training_keep_trainer(
 
     ``captured["trainer"]`` also holds the trainer when training raises.
     """
-    args = argparse.Namespace(
-        config=config, overrides=overrides, resume=resume, resume_fallback=False,
-        local_rank=None,
-    )  # fmt: skip
+    args = TrainArgs(config, tuple(overrides), resume)
     captured = {} if captured is None else captured
-    original = train_main.build_trainer
-
-    def capture(*a, **k):
-        captured["trainer"] = original(*a, **k)
-        return captured["trainer"]
-
-    train_main.build_trainer = capture
-    try:
-        result = train_main.run_training(args)
-    finally:
-        train_main.build_trainer = original
+    result = train_main.run_training(args, on_trainer=lambda t: captured.update(trainer=t))
     return result, captured["trainer"]
 
 
