@@ -13,7 +13,6 @@ Writes ``bench/results/gpu_check.md``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -99,6 +98,7 @@ def attention_check(device) -> dict:
 
 
 def vit_h_check(run_root: str) -> dict:
+    from ijepa_ds.train.args import TrainArgs
     from ijepa_ds.train.main import run_training
 
     overrides = [
@@ -107,12 +107,8 @@ def vit_h_check(run_root: str) -> dict:
         f"schedule.max_steps={H14_STEPS}", "checkpoint.save_at_end=false", "logging.log_every=5",
         f"logging.output_dir={run_root}", "logging.run_name=h14",
     ]  # fmt: skip
-    args = argparse.Namespace(
-        config="vit_h14_in1k", overrides=overrides, resume="", resume_fallback=False,
-        local_rank=None,
-    )  # fmt: skip
     started = time.perf_counter()
-    result = run_training(args)
+    result = run_training(TrainArgs("vit_h14_in1k", tuple(overrides)))
     rows = [json.loads(line) for line in open(Path(result["run_dir"]) / "metrics.jsonl")]
     last = [r for r in rows if "perf/img_per_s" in r][-1]
     cfg = load_config("vit_h14_in1k", overrides)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+# Help per action; the names are ijepa_ds.eval.args.ACTIONS (tests/cli checks they agree).
 ACTIONS = {
     "linear": "linear probe (lr x wd sweep on a train/val split, test top-1)",
     "knn": "weighted k-NN on cosine similarity (DINO protocol)",
@@ -135,7 +136,27 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_handler)
 
 
+def eval_args_from(args: argparse.Namespace):
+    """The ``EvalArgs`` of a namespace parsed by ``configure_eval`` (lists as tuples; the
+    options an action does not have keep their defaults; lowshot's single ``--k`` as a
+    one-item tuple)."""
+    import dataclasses
+
+    from ijepa_ds.eval.args import EvalArgs
+
+    values = {"action": args.eval_action}
+    for field in dataclasses.fields(EvalArgs):
+        if field.name != "action" and hasattr(args, field.name):
+            value = getattr(args, field.name)
+            if isinstance(value, int) and field.name == "k":
+                value = (value,)
+            values[field.name] = tuple(value) if isinstance(value, list) else value
+        if values.get(field.name, ()) is None and field.default == ():
+            values[field.name] = ()
+    return EvalArgs(**values)
+
+
 def _handler(args: argparse.Namespace) -> int:
     from ijepa_ds.eval.run import run_eval_command
 
-    return run_eval_command(args)
+    return run_eval_command(eval_args_from(args))

@@ -7,7 +7,6 @@ flag raise ``ConfigError`` (printed without a traceback by the CLI).
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from ijepa_ds.data import (
     default_root,
 )
 from ijepa_ds.distributed import detect_dist_env, init_process_group
+from ijepa_ds.eval.args import EvalArgs
 from ijepa_ds.eval.features import FeatureSet, cached_features
 from ijepa_ds.eval.knn import knn_classify
 from ijepa_ds.eval.linear import ProbeConfig, linear_probe
@@ -68,9 +68,7 @@ def _stats(dataset: str, in_chans: int) -> tuple[tuple[float, ...], tuple[float,
     return (sum(mean) / len(mean),), (sum(std) / len(std),)
 
 
-def resolve_settings(
-    args: argparse.Namespace, encoder, cfg: Config | None, run_dir
-) -> EvalSettings:
+def resolve_settings(args: EvalArgs, encoder, cfg: Config | None, run_dir) -> EvalSettings:
     """Flags < run config < derived defaults (see the module docstring)."""
     dataset = args.dataset or (cfg.data.dataset if cfg else None)
     if dataset is None:
@@ -140,7 +138,7 @@ def split_features(encoder, s: EvalSettings, train: bool, num_workers: int) -> F
     )
 
 
-def probe_config(args: argparse.Namespace, eval_cfg, device: str) -> ProbeConfig:
+def probe_config(args: EvalArgs, eval_cfg, device: str) -> ProbeConfig:
     return ProbeConfig(
         lrs=tuple(args.lrs or eval_cfg.linear_lrs),
         wds=tuple(args.wds if args.wds is not None else eval_cfg.linear_wds),
@@ -157,8 +155,8 @@ def probe_config(args: argparse.Namespace, eval_cfg, device: str) -> ProbeConfig
 
 def _evaluate(args, eval_cfg, s: EvalSettings, train: FeatureSet, test: FeatureSet):
     """(rows, extra) of the linear / knn / lowshot action."""
-    action = args.eval_action
-    temperature = getattr(args, "temperature", None) or eval_cfg.knn_temperature
+    action = args.action
+    temperature = args.temperature or eval_cfg.knn_temperature
     if action == "linear":
         result = linear_probe(train, test, probe_config(args, eval_cfg, s.device))
         row = {"pool": s.pool, **result.to_dict()}
@@ -167,7 +165,7 @@ def _evaluate(args, eval_cfg, s: EvalSettings, train: FeatureSet, test: FeatureS
     if action == "knn":
         rows = [
             {"pool": s.pool, **knn_classify(train, test, k, temperature, device=s.device).to_dict()}
-            for k in (args.k or [eval_cfg.knn_k])
+            for k in (args.k or (eval_cfg.knn_k,))
         ]
         return rows, None
     probe = probe_config(args, eval_cfg, s.device)
@@ -176,9 +174,9 @@ def _evaluate(args, eval_cfg, s: EvalSettings, train: FeatureSet, test: FeatureS
         test,
         args.fractions or eval_cfg.low_shot_fractions,
         probe,
-        k=args.k or eval_cfg.knn_k,
+        k=args.k[0] if args.k else eval_cfg.knn_k,
         temperature=temperature,
-        seeds=args.seeds or [args.seed],
+        seeds=list(args.seeds) or [args.seed],
     )
     return summarize(per_seed), {"per_seed": per_seed}
 
@@ -202,7 +200,7 @@ def _init_process_group():
     return env
 
 
-def run_eval_command(args: argparse.Namespace) -> int:
+def run_eval_command(args: EvalArgs) -> int:
     """Run one ``ijepa-ds eval`` action; rank 0 writes ``<out>/<action>.{json,md}``."""
     start = time.perf_counter()
     try:
@@ -215,7 +213,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         cfg = run_config(src)
         s = resolve_settings(args, encoder, cfg, src.run_dir)
         eval_cfg = cfg.eval if cfg else Config().eval
-        if args.eval_action == "visualize":
+        if args.action == "visualize":
             result = _visualize(args, encoder, s) if env.is_main_process else None
         else:
             train = split_features(encoder, s, True, args.num_workers)
@@ -239,6 +237,6 @@ def _write(args, s: EvalSettings, description: str, result, seconds: float) -> N
         "world_size": dist.get_world_size() if dist.is_initialized() else 1,
         "seconds": round(seconds, 1),
     }
-    json_path, md_path = write_report(s.out, args.eval_action, header, rows, extra=extra)
+    json_path, md_path = write_report(s.out, args.action, header, rows, extra=extra)
     print(markdown_table(rows), end="")
     print(f"wrote {json_path} and {md_path}")
