@@ -119,18 +119,30 @@ def test_the_check_catches_an_upward_import_and_a_cycle(tmp_path):
     assert cycles(edges) == [("checkpoint", "train")]
 
 
-def test_only_the_backend_imports_deepspeed():
-    importers = [
-        str(p.relative_to(PACKAGE))
-        for p in PACKAGE.rglob("*.py")
+def importers_of(top: str, package: Path = PACKAGE) -> list[str]:
+    """Files of ``package`` (relative paths) that import module ``top`` or one below it."""
+
+    def imported(node) -> list[str]:
+        if isinstance(node, ast.Import):
+            return [alias.name for alias in node.names]
+        return [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+
+    return [
+        str(p.relative_to(package))
+        for p in sorted(package.rglob("*.py"))
         if any(
-            isinstance(n, (ast.Import, ast.ImportFrom))
-            and any(
-                (a.name if isinstance(n, ast.Import) else (n.module or "")).split(".")[0]
-                == "deepspeed"
-                for a in n.names
-            )
-            for n in ast.walk(ast.parse(p.read_text()))
+            name.split(".")[0] == top
+            for node in ast.walk(ast.parse(p.read_text()))
+            for name in imported(node)
         )
     ]
+
+
+def test_only_the_backend_imports_deepspeed():
+    importers = importers_of("deepspeed")
     assert importers and all(p.startswith("backend/") for p in importers), importers
+
+
+def test_only_the_cli_knows_argparse():
+    importers = importers_of("argparse")
+    assert importers and all(p.startswith("cli/") for p in importers), importers
