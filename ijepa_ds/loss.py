@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ijepa_ds.models.tokens import apply_masks, repeat_interleave_batch
+from ijepa_ds.models.tokens import apply_masks, key_padding, repeat_interleave_batch
 
 LOSS_KINDS = ("smooth_l1", "l2")
 
@@ -40,12 +40,29 @@ def make_targets(
     return repeat_interleave_batch(features, batch, repeat=num_enc_masks)
 
 
-def jepa_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "smooth_l1") -> torch.Tensor:
+def valid_targets(masks_pred: Sequence[torch.Tensor], num_enc_masks: int) -> torch.Tensor | None:
+    """Real (not padded) target rows aligned with ``make_targets``: bool [npred * nenc * B,
+    K_pred], or None when no target mask holds padding (-1)."""
+    valid = key_padding(masks_pred)
+    if valid is None:
+        return None
+    return repeat_interleave_batch(valid, masks_pred[0].shape[0], repeat=num_enc_masks)
+
+
+def jepa_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    kind: str = "smooth_l1",
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Mean distance between predicted and target features over all elements -> scalar.
 
-    kind "smooth_l1": Huber with beta 1 (the reference code); "l2": mean squared error (the
-    paper's formulation).
+    pred, target: [R, K, D]. kind "smooth_l1": Huber with beta 1 (the reference code); "l2":
+    mean squared error (the paper's formulation). valid: None (every row counts), or bool
+    [R, K] from ``valid_targets``: the mean then runs over the real target tokens only.
     """
+    if valid is not None:
+        pred, target = pred[valid], target[valid]  # [real tokens, D]
     if kind == "smooth_l1":
         return F.smooth_l1_loss(pred, target)
     if kind == "l2":

@@ -75,6 +75,20 @@ class MaskConfig:
     aspect_ratio: tuple[float, float] = _f((0.75, 1.5), "Target block height/width range.")
     min_keep: int = _f(10, "Fewest patches a context or target mask may hold.")
     allow_overlap: bool = _f(False, "Keep target patches in the context (off in the paper).")
+    context_policy: Literal["global_min", "group_min", "keep_all"] = _f(
+        "group_min",
+        "How context lists get one length per batch: 'global_min' cuts every context to the "
+        "shortest of the optimizer step (the behaviour before this field existed); "
+        "'group_min' to the shortest of its group of mask.group_size consecutive samples of "
+        "the step; 'keep_all' cuts nothing and pads to the micro-batch's longest (padded "
+        "tokens are masked out of attention and loss). Masks never depend on the world size. "
+        "Ignored by mask.compat=reference, which cuts every list per micro-batch.",
+    )
+    group_size: int = _f(
+        128,
+        "Samples per group for mask.context_policy=group_min (the reference's per-GPU batch "
+        "at the paper's scale); must divide the global batch, a larger value means the step.",
+    )
 
 
 @dataclass

@@ -66,6 +66,7 @@ _RULES: list[Rule] = [
     ("mask.enc_mask_scale", _unit_pair, "must be (min, max) with 0 < min <= max <= 1"),
     ("mask.pred_mask_scale", _unit_pair, "must be (min, max) with 0 < min <= max <= 1"),
     ("mask.aspect_ratio", _positive_pair, "must be (min, max) with 0 < min <= max"),
+    ("mask.group_size", lambda v, c: v >= 1, "must be >= 1"),
     # model
     ("model.patch_size", lambda v, c: v > 0, "must be > 0"),
     ("model.patch_size", lambda v, c: v <= 0 or c.data.crop_size % v == 0,
@@ -263,6 +264,29 @@ def gradient_accumulation_steps(data: DataConfig, world_size: int) -> int:
     return data.global_batch_size // per_step
 
 
+def check_mask_groups(cfg: Config, world_size: int | None) -> list[str]:
+    """``mask.context_policy=group_min``: groups of ``mask.group_size`` must tile every step, so
+    a group size below the global batch must divide it. The global batch is known when
+    ``data.global_batch_size`` is set, or from ``world_size``; a larger group is the step."""
+    m = cfg.mask
+    if m.compat != "ijepa_ds" or m.context_policy != "group_min":
+        return []
+    if not cfg.data.global_batch_size and world_size is None:
+        return []
+    global_batch = resolved_global_batch(cfg.data, world_size or 1)
+    if m.group_size >= global_batch or global_batch % m.group_size == 0:
+        return []
+    source = (
+        f"data.global_batch_size={cfg.data.global_batch_size}"
+        if cfg.data.global_batch_size
+        else f"data.batch_size={cfg.data.batch_size} x world size {world_size}"
+    )
+    return [
+        f"mask.group_size={m.group_size}: must divide the global batch {global_batch} "
+        f"({source}) with mask.context_policy=group_min, so that groups tile every step"
+    ]
+
+
 def _raise(errors: list[str]) -> None:
     if len(errors) == 1:
         raise ConfigError(f"Invalid config: {errors[0]}")
@@ -298,6 +322,8 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
             gradient_accumulation_steps(cfg.data, world_size)
         except ConfigError as exc:
             errors.append(str(exc))
+    if not errors:
+        errors += check_mask_groups(cfg, world_size)
     _raise(errors)
 
 

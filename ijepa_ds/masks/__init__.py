@@ -17,7 +17,8 @@ MASK_COMPAT = {"ijepa_ds": MultiBlockMaskSampler, "reference": ReferenceMaskSamp
 
 def build_mask_sampler(compat: str, **kwargs) -> MultiBlockMaskSampler | ReferenceMaskSampler:
     """Sampler for ``mask.compat`` (``"ijepa_ds"`` or ``"reference"``); ``kwargs`` go to its
-    constructor (grid_size, global_batch_size, seed, scales, counts, min_keep, allow_overlap)."""
+    constructor (grid_size, global_batch_size, seed, scales, counts, min_keep, allow_overlap;
+    context_policy and group_size for ``"ijepa_ds"`` only)."""
     if compat not in MASK_COMPAT:
         raise ValueError(f"mask.compat={compat!r} must be one of {sorted(MASK_COMPAT)}")
     return MASK_COMPAT[compat](**kwargs)
@@ -29,6 +30,10 @@ def build_mask_sampler_from_config(cfg, global_batch_size: int, seed: int | None
     memory planner all build their masks here."""
     grid = cfg.data.crop_size // cfg.model.patch_size
     m = cfg.mask
+    # The reference sampler cuts per micro-batch whatever the policy (mask.context_policy doc).
+    policy = {}
+    if m.compat == "ijepa_ds":
+        policy = {"context_policy": m.context_policy, "group_size": m.group_size}
     return build_mask_sampler(
         m.compat,
         grid_size=(grid, grid),
@@ -41,6 +46,7 @@ def build_mask_sampler_from_config(cfg, global_batch_size: int, seed: int | None
         npred=m.num_pred_masks,
         min_keep=m.min_keep,
         allow_overlap=m.allow_overlap,
+        **policy,
     )
 
 

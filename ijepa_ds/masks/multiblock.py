@@ -14,12 +14,22 @@ target's position of the last attempt. ``validate_mask_settings`` guarantees tha
 context block minus the largest target block keeps ``min_keep`` patches, so the fallback always
 satisfies the invariants and sampling time is bounded.
 
-Equal lengths: target blocks hold exactly h*w patches, so target lists need no trimming. Context
-lists are cut to ``K_enc``, the minimum context size over every sample of the STEP (all
-``global_batch_size`` positions, not just the micro-batch), by keeping a uniformly random subset
-(per-patch hashed priorities) listed in raster order. A step's masks are therefore the same
-however it is split over ranks and micro-batches. One K_enc serves all ``nenc`` lists so that
-they can be concatenated along the batch, as the reference's ``apply_masks`` does.
+Lengths (``context_policy``): target blocks hold exactly h*w patches, so target lists need no
+cut under any policy. Context lists are cut by keeping a uniformly random subset (per-patch
+hashed priorities) listed in raster order, to a length that depends only on the step's layout:
+
+- ``global_min``: ``K_enc``, the minimum context size over every sample of the STEP (all
+  ``global_batch_size`` positions, not just the micro-batch); one length for the whole step.
+- ``group_min``: the minimum within the sample's group of ``group_size`` consecutive positions
+  of the step (a group larger than the step is the step). A micro-batch spanning several groups
+  gets their lengths padded to its longest.
+- ``keep_all``: no cut; every sample keeps its whole context, padded to the micro-batch's
+  longest.
+
+Padded entries are ``-1`` after the real, raster-ordered indices; the models derive their
+key-padding mask from ``mask >= 0``. A step's masks (real indices) are the same however it is
+split over ranks and micro-batches. One length serves all ``nenc`` lists of a micro-batch so
+that they can be concatenated along the batch, as the reference's ``apply_masks`` does.
 """
 
 from __future__ import annotations
@@ -33,6 +43,9 @@ import torch
 from ijepa_ds.masks.geometry import block_corner, block_count, block_dims, validate_mask_settings
 
 MAX_ATTEMPTS = 20  # tries per sample before the fallback; the reference's timeout is also 20
+
+CONTEXT_POLICIES = ("global_min", "group_min", "keep_all")
+PAD_INDEX = -1  # mask entry of a padded token (see models.tokens.apply_masks)
 
 _MASK64 = (1 << 64) - 1
 _STREAM_SIZE, _STREAM_POSITION, _STREAM_SUBSAMPLE = 0x5A17, 0x9051, 0x5AB5
@@ -96,6 +109,7 @@ class StepLayout:
     pred_corners: np.ndarray  # [G, npred, 2] (top, left)
     enc_corners: np.ndarray  # [G, nenc, 2] (top, left)
     keep_enc: int  # K_enc: smallest context size over the step (and over the nenc lists)
+    counts: np.ndarray  # [G, nenc] context size of every sample and list before any cut
     num_fallback: int  # samples that needed the fallback placement
 
 
@@ -114,6 +128,8 @@ class MultiBlockMaskSampler:
         npred: int = 4,
         min_keep: int = 10,
         allow_overlap: bool = False,
+        context_policy: str = "group_min",
+        group_size: int = 128,
     ) -> None:
         self.grid_h, self.grid_w = (int(v) for v in grid_size)
         validate_mask_settings(
@@ -130,6 +146,8 @@ class MultiBlockMaskSampler:
         self.nenc, self.npred = int(nenc), int(npred)
         self.min_keep = int(min_keep)
         self.allow_overlap = bool(allow_overlap)
+        self.context_policy = context_policy
+        self.group_size = check_group_size(context_policy, group_size, self.global_batch_size)
         # Last step's layout: a pure function of the step, so caching it cannot drift; it saves
         # recomputing the whole step for the next micro-batch of the same step.
         self._cached: StepLayout | None = None
@@ -194,7 +212,9 @@ class MultiBlockMaskSampler:
             counts[pending] = np.bitwise_count(rows).sum(axis=(-2, -1))
             if counts[pending].min() < self.min_keep:
                 raise RuntimeError("mask fallback broke min_keep: validate_mask_settings is wrong")
-        layout = StepLayout(step, pred_hw, enc_hw, pred, enc, int(counts.min()), int(pending.size))
+        layout = StepLayout(
+            step, pred_hw, enc_hw, pred, enc, int(counts.min()), counts, int(pending.size)
+        )
         self._cached = layout
         return layout
 
@@ -216,8 +236,10 @@ class MultiBlockMaskSampler:
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """positions: [B] global sample positions (all from one step).
 
-        Returns ``(masks_enc, masks_pred)``: ``nenc`` LongTensors [B, K_enc] and ``npred``
-        LongTensors [B, h*w] of patch indices ``i * W + j`` in raster order.
+        Returns ``(masks_enc, masks_pred)``: ``nenc`` LongTensors [B, K] and ``npred``
+        LongTensors [B, h*w] of patch indices ``i * W + j`` in raster order. K is K_enc under
+        ``global_min``; under the other policies it is the micro-batch's longest kept context,
+        shorter rows padded with ``PAD_INDEX`` at the end.
         """
         pos, step = self.step_of(positions)
         layout = self.step_layout(step)
@@ -226,26 +248,45 @@ class MultiBlockMaskSampler:
             layout.pred_corners[local], layout.enc_corners[local], layout.pred_hw, layout.enc_hw
         )
         grids = unpack_rows(rows, self.grid_w).reshape(len(pos), self.nenc, -1)
-        enc = self._subsample(grids, pos, layout.keep_enc)
+        enc = self._subsample(grids, pos, self.keep_lengths(layout, local))
         pred = self._target_indices(layout.pred_corners[local], layout.pred_hw)
         masks_enc = [torch.from_numpy(np.ascontiguousarray(enc[:, j])) for j in range(self.nenc)]
         masks_pred = [torch.from_numpy(np.ascontiguousarray(pred[:, i])) for i in range(self.npred)]
         return masks_enc, masks_pred
 
-    def _subsample(self, context: np.ndarray, pos: np.ndarray, keep: int) -> np.ndarray:
-        """Uniformly random ``keep`` of the True cells of context [B, nenc, N], as raster-ordered
-        indices [B, nenc, keep]. Priorities hash (seed, position, list, cell), so a sample keeps
-        the same patches whichever micro-batch it is in."""
+    def keep_lengths(self, layout: StepLayout, local: np.ndarray) -> np.ndarray:
+        """Context patches kept per sample and list, int64 [B, nenc], for step-local sample
+        indices ``local`` [B], under ``context_policy``."""
+        counts = layout.counts[local]
+        if self.context_policy == "keep_all":
+            return counts.copy()
+        if self.context_policy == "global_min":
+            return np.full_like(counts, layout.keep_enc)
+        groups = layout.counts.reshape(-1, self.group_size * self.nenc).min(axis=1)
+        return np.broadcast_to(groups[local // self.group_size, None], counts.shape).copy()
+
+    def _subsample(self, context: np.ndarray, pos: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """Uniformly random ``keep[b, j]`` of the True cells of context [B, nenc, N], as
+        raster-ordered indices [B, nenc, keep.max()], padded with ``PAD_INDEX``. Priorities hash
+        (seed, position, list, cell), so a sample keeps the same patches whichever micro-batch
+        it is in, and a shorter keep is a subset of a longer one."""
         cells = context.shape[-1]
         index = np.arange(self.nenc)[:, None] * cells + np.arange(cells)[None, :]
         priority = keyed_uniform(self.seed, _STREAM_SUBSAMPLE, pos[:, None, None], index[None])
         priority[~context] = 2.0  # above every uniform: never picked before a context cell
-        if keep < cells:
-            chosen = np.argpartition(priority, keep - 1, axis=-1)[..., :keep]
-        else:
-            chosen = np.broadcast_to(np.arange(cells), priority.shape).copy()
-        chosen.sort(axis=-1)
-        return chosen
+        longest = int(keep.max())
+        if (keep == longest).all():  # one length: no padding (the global_min path)
+            if longest < cells:
+                chosen = np.argpartition(priority, longest - 1, axis=-1)[..., :longest]
+            else:
+                chosen = np.broadcast_to(np.arange(cells), priority.shape).copy()
+            chosen.sort(axis=-1)
+            return chosen
+        ranked = np.argsort(priority, axis=-1, kind="stable")[..., :longest]
+        ranked[np.arange(longest) >= keep[..., None]] = cells  # sorts after every real index
+        ranked.sort(axis=-1)
+        ranked[ranked == cells] = PAD_INDEX
+        return ranked
 
     def _target_indices(self, corners: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
         """Raster-ordered patch indices of the target blocks: corners [B, npred, 2] ->
@@ -253,3 +294,22 @@ class MultiBlockMaskSampler:
         rows = corners[..., 0, None, None] + np.arange(hw[0])[:, None]
         cols = corners[..., 1, None, None] + np.arange(hw[1])[None, :]
         return (rows * self.grid_w + cols).reshape(*corners.shape[:-1], hw[0] * hw[1])
+
+
+def check_group_size(context_policy: str, group_size: int, global_batch_size: int) -> int:
+    """The group size ``group_min`` uses: ``group_size`` capped at the step. ValueError for an
+    unknown policy, a group size < 1, or (under ``group_min``) a group size smaller than the step
+    that does not divide it: groups must tile every step identically."""
+    if context_policy not in CONTEXT_POLICIES:
+        raise ValueError(
+            f"mask.context_policy={context_policy!r} must be one of {list(CONTEXT_POLICIES)}"
+        )
+    if int(group_size) != group_size or group_size < 1:
+        raise ValueError(f"mask.group_size={group_size!r} must be an integer >= 1")
+    group = min(int(group_size), global_batch_size)
+    if context_policy == "group_min" and global_batch_size % group:
+        raise ValueError(
+            f"mask.group_size={group_size} must divide the global batch "
+            f"(data.global_batch_size={global_batch_size}) for mask.context_policy=group_min"
+        )
+    return group

@@ -46,10 +46,12 @@ def _to_rgb(img: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 def _pixel_mask(indices: torch.Tensor, patch_size: int, height: int, width: int) -> torch.Tensor:
-    """Patch indices [K] (raster order on the (H // p) x (W // p) grid) -> bool [H, W]."""
+    """Patch indices [K] (raster order on the (H // p) x (W // p) grid; -1 = padding, ignored)
+    -> bool [H, W]."""
     grid_h, grid_w = height // patch_size, width // patch_size
     cells = torch.zeros(grid_h * grid_w, dtype=torch.bool)
-    cells[indices.long().cpu()] = True
+    indices = indices.long().cpu()
+    cells[indices[indices >= 0]] = True
     cells = cells.view(grid_h, grid_w).repeat_interleave(patch_size, 0)
     cells = cells.repeat_interleave(patch_size, 1)
     out = torch.zeros(height, width, dtype=torch.bool)

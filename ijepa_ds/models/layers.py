@@ -1,7 +1,7 @@
 """ViT building blocks with the reference module names (so state-dict keys match).
 
-Every block maps one tensor to one tensor (plus an optional int, `query_from`), so activation
-checkpointing can wrap it as is.
+Every block maps one tensor to one tensor (plus an optional int, `query_from`, and an optional
+bool key-padding mask, `key_mask`), so activation checkpointing can wrap it as is.
 """
 
 import logging
@@ -130,11 +130,18 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, query_from: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        query_from: int | None = None,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """x: [B, N, D] -> [B, N - query_from, D], the outputs of rows query_from.. only.
 
         Every row is still a key and a value; only rows query_from.. attend and get the output
-        projection. query_from=None (or 0) gives all N rows.
+        projection. query_from=None (or 0) gives all N rows. key_mask: bool [B, N], False for
+        padded rows, which then serve as no key (their own outputs are meaningless); None
+        attends to every row, with no mask op at all.
         """
         batch, tokens, dim = x.shape
         start = _check_query_from(query_from, tokens)
@@ -144,10 +151,13 @@ class Attention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, head_dim]
         q = q[:, :, start:]
         dropout = self.attn_drop if self.training else 0.0
+        keys = None if key_mask is None else key_mask[:, None, None, :]  # [B, 1, 1, N]
         if resolve_attn_impl(self.attn_impl, q.device.type, q.dtype) == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=dropout)
         else:
             attn = (q @ k.transpose(-2, -1)) * self.scale
+            if keys is not None:
+                attn = attn.masked_fill(~keys, float("-inf"))
             attn = F.dropout(attn.softmax(dim=-1), p=dropout)
             out = attn @ v
         out = out.transpose(1, 2).reshape(batch, tokens - start, dim)
@@ -192,14 +202,21 @@ class Block(nn.Module):
         # int() as in the reference: ViT-G's 1408 * 48/11 gives 6144.
         self.mlp = MLP(dim, int(dim * mlp_ratio), drop)
 
-    def forward(self, x: torch.Tensor, query_from: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        query_from: int | None = None,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """x: [B, N, D] -> [B, N - query_from, D] (all N rows when query_from is None).
 
         With query_from, rows before it serve only as keys and values: their residual, MLP and
         output are skipped. This is exact, not an approximation, for a caller that would
         discard those rows (the predictor's last block keeps only its mask-token rows).
+        key_mask: bool [B, N] or None, see Attention.forward; every other op is row-wise, so
+        padded rows change no real row.
         """
-        out = self.attn(self.norm1(x), query_from)
+        out = self.attn(self.norm1(x), query_from, key_mask)
         if query_from:
             x = x[:, query_from:]
         x = x + self.drop_path(out)

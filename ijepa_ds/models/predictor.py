@@ -13,7 +13,12 @@ from torch import nn
 from ijepa_ds.models.init import init_reference_weights, rescale_residual_init, trunc_normal_
 from ijepa_ds.models.layers import build_blocks
 from ijepa_ds.models.pos_embed import get_2d_sincos_pos_embed, to_grid
-from ijepa_ds.models.tokens import apply_masks, check_mask_gather, repeat_interleave_batch
+from ijepa_ds.models.tokens import (
+    apply_masks,
+    check_mask_gather,
+    key_padding,
+    repeat_interleave_batch,
+)
 from ijepa_ds.models.vit import VisionTransformer
 
 # The predictor's MLP ratio whatever the encoder's (ViT-G's is 48/11), as the reference builds it.
@@ -109,13 +114,14 @@ class VisionTransformerPredictor(nn.Module):
 
         Args:
             x: [nenc * B, K_ctx, D] encoder output for the nenc context masks (mask-major).
-            masks_x: nenc LongTensors [B, K_ctx], the context patch indices.
-            masks: npred LongTensors [B, K_pred], the target patch indices.
+            masks_x: nenc LongTensors [B, K_ctx], the context patch indices (-1 = padding).
+            masks: npred LongTensors [B, K_pred], the target patch indices (-1 = padding).
 
         Returns:
             [npred * nenc * B, K_pred, D], row (p * nenc + e) * B + b predicting target
             block p of sample b from context view e (the reference ordering, which the
-            targets from loss.make_targets follow).
+            targets from loss.make_targets follow). Padded entries are no attention keys;
+            their rows are meaningless and left out of the loss (loss.valid_targets).
         """
         masks_x, masks = _as_list(masks_x), _as_list(masks)
         if not masks_x or not masks or x.shape[0] % len(masks_x) != 0:
@@ -138,14 +144,34 @@ class VisionTransformerPredictor(nn.Module):
         pred_tokens = self.mask_token + target_pos
         x = torch.cat([x.repeat(len(masks), 1, 1), pred_tokens], dim=1)
 
+        valid = _predictor_key_mask(masks_x, masks, batch)
+        extra = {} if valid is None else {"key_mask": valid}
         blocks = list(self.predictor_blocks)
         prune = self.prune_last_block and len(blocks) > 0
         for block in blocks[:-1] if prune else blocks:
-            x = block(x)
+            x = block(x, **extra)
         # Only the mask-token rows are predictions; norm and proj act row by row, so slicing
         # before them (or pruning the last block to those rows) changes nothing in the result.
-        x = blocks[-1](x, query_from=num_ctx) if prune else x[:, num_ctx:]
+        x = blocks[-1](x, query_from=num_ctx, **extra) if prune else x[:, num_ctx:]
         return self.predictor_proj(self.predictor_norm(x))
+
+
+def _predictor_key_mask(
+    masks_x: list[torch.Tensor], masks: list[torch.Tensor], batch: int
+) -> torch.Tensor | None:
+    """bool [npred * nenc * B, K_ctx + K_pred] (True = real token) in the predictor's row order:
+    context validity repeated per target block, target validity per context view; None
+    without padding."""
+    ctx, tgt = key_padding(masks_x), key_padding(masks)
+    if ctx is None and tgt is None:
+        return None
+    device = masks_x[0].device
+    if ctx is None:
+        ctx = torch.ones(len(masks_x) * batch, masks_x[0].shape[1], dtype=torch.bool, device=device)
+    if tgt is None:
+        tgt = torch.ones(len(masks) * batch, masks[0].shape[1], dtype=torch.bool, device=device)
+    tgt = repeat_interleave_batch(tgt, batch, repeat=len(masks_x))
+    return torch.cat([ctx.repeat(len(masks), 1), tgt], dim=1)
 
 
 def _resolve_grid(

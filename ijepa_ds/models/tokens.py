@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 
 MASK_GATHERS = ("index", "copy")
+PAD_INDEX = -1  # a mask entry that selects no token (padding; masks.multiblock.PAD_INDEX)
 
 
 def check_mask_gather(mask_gather: str) -> str:
@@ -26,8 +27,9 @@ def apply_masks(
 
     Args:
         x: [B, N, D] tokens.
-        masks: list of M LongTensors [B, K] of token indices in [0, N); every mask keeps the
-            same number K of tokens (the mask collator guarantees it).
+        masks: list of M LongTensors [B, K] of token indices in [0, N), or PAD_INDEX (-1) for
+            a padded entry, which gathers token 0 (see ``key_padding``); every mask has the
+            same width K (the mask collator guarantees it).
         mask_gather: "index" gathers through a stride-0 expanded view of the mask; "copy"
             first materialises the [B, K, D] int64 index with ``repeat`` as the reference
             does (same result, kept as the baseline of ``bench/fast_paths.py``).
@@ -40,6 +42,7 @@ def apply_masks(
     check_mask_gather(mask_gather)
     batch, _, dim = x.shape
     num_keep = masks[0].shape[-1]
+    padded = has_padding(masks)
     gathered = []
     for i, m in enumerate(masks):
         # torch.gather silently accepts an index with a smaller batch; refuse it instead.
@@ -48,12 +51,29 @@ def apply_masks(
                 f"masks[{i}] has shape {tuple(m.shape)}; expected [{batch}, {num_keep}] "
                 f"(batch of x, and the same K for every mask)"
             )
+        if padded:  # clamped only when padding exists: without it the gather is as before
+            m = m.clamp(min=0)
         if mask_gather == "index":
             index = m.unsqueeze(-1).expand(batch, num_keep, dim)
         else:
             index = m.unsqueeze(-1).repeat(1, 1, dim)
         gathered.append(torch.gather(x, dim=1, index=index))
     return torch.cat(gathered, dim=0)
+
+
+def has_padding(masks: Sequence[torch.Tensor]) -> bool:
+    """Whether any of the [B, K] masks holds a PAD_INDEX entry (a host sync for GPU masks).
+    Masks on the meta device (shape-only runs) count as unpadded."""
+    return any(m.device.type != "meta" and bool((m < 0).any()) for m in masks)
+
+
+def key_padding(masks: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """Valid-token mask of the stacked masks, bool [M * B, K] (True = real token), mask-major as
+    ``apply_masks`` stacks them; None when no mask holds padding, so that callers keep their
+    unpadded code path (and numerics) exactly."""
+    if not has_padding(masks):
+        return None
+    return torch.cat([m >= 0 for m in masks], dim=0)
 
 
 def repeat_interleave_batch(x: torch.Tensor, batch_size: int, repeat: int) -> torch.Tensor:

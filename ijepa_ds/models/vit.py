@@ -19,7 +19,7 @@ from ijepa_ds.models.pos_embed import (
     pos_embed_for_grid,
     to_grid,
 )
-from ijepa_ds.models.tokens import apply_masks, check_mask_gather
+from ijepa_ds.models.tokens import apply_masks, check_mask_gather, key_padding
 
 # Architecture numbers of the paper's encoders (embed_dim / depth / num_heads, mlp_ratio).
 # Constructor numbers by preset name ("huge"), from the config's one table (``ENCODER_DIMS``).
@@ -129,19 +129,23 @@ class VisionTransformer(nn.Module):
             x: [B, C, H, W] images, H and W multiples of patch_size (another size than
                 img_size gets positions for its own grid, see pos_interp).
             masks: None, one [B, K] LongTensor, or a list of M of them: patch indices (raster
-                order) to keep. Positions are added before masking.
+                order) to keep, -1 for padding. Positions are added before masking. Padded
+                tokens are masked out as attention keys, so they change no real token.
 
         Returns:
-            [B, N, D] without masks; [M * B, K, D] with masks, mask-major (apply_masks).
+            [B, N, D] without masks; [M * B, K, D] with masks, mask-major (apply_masks); rows
+            at padded entries hold meaningless (finite) values.
         """
         grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
         x = self.patch_embed(x)
         x = x + pos_embed_for_grid(self.pos_embed, self.grid_size, grid, self.pos_interp)
+        valid = None
         if masks is not None:
             masks = [masks] if isinstance(masks, torch.Tensor) else masks
+            valid = key_padding(masks)
             x = apply_masks(x, masks, self.mask_gather)
         for block in self.blocks:
-            x = block(x)
+            x = block(x) if valid is None else block(x, key_mask=valid)
         return self.norm(x)
 
 

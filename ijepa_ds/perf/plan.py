@@ -32,8 +32,10 @@ from ijepa_ds.perf.memory import (
 def expected_tokens(cfg, global_batch: int, steps: int = 8) -> tuple[float, float]:
     """Mean tokens per context mask and per target mask over ``steps`` steps of the sampler.
 
-    K_enc depends on the whole step (contexts are equalised to the step's shortest), so the
-    sampler is called as rank 0 of each step would call it, built as training builds it.
+    The context width depends on the step (``mask.context_policy``: the step's, the group's
+    shortest context, or the micro-batch's longest with padding), so the sampler is called as
+    rank 0 of each step would call it, built as training builds it. Widths are the tensors'
+    (padding included): padded tokens cost memory and FLOPs like real ones.
     """
     from ijepa_ds.masks import build_mask_sampler_from_config
 

@@ -207,9 +207,10 @@ def step_scalars(info: dict, imgs, masks_enc, masks_pred, h) -> dict[str, float]
     ``health/target_feature_std`` is a spread across the local batch, so it is left out at
     micro-batch 1 (the usual ViT-G setting), where it is undefined.
     """
-    scalars = {
-        "tokens/context": float(masks_enc[0].shape[1]),
-        "tokens/target": float(masks_pred[0].shape[1]),
+    scalars = {  # real tokens per sample and mask (padding, -1, excluded), and padding share
+        "tokens/context": float((masks_enc[0] >= 0).sum(dim=1).float().mean()),
+        "tokens/target": float((masks_pred[0] >= 0).sum(dim=1).float().mean()),
+        "tokens/context_padding": float((masks_enc[0] < 0).float().mean()),
     }
     if h.shape[0] >= 2:
         scalars["health/target_feature_std"] = feature_std(h)

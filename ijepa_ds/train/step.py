@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ijepa_ds.loss import jepa_loss, make_targets
+from ijepa_ds.loss import jepa_loss, make_targets, valid_targets
 
 
 def _autocast(precision: str, device: torch.device):
@@ -30,7 +30,8 @@ def compute_loss(
     Returns (loss: fp32 scalar still attached to the student's graph, h: [B, N, D] raw target
     features, for health statistics).
 
-    imgs: [B, C, H, W]; masks_enc: nenc x [B, K_enc]; masks_pred: npred x [B, K_pred].
+    imgs: [B, C, H, W]; masks_enc: nenc x [B, K_enc]; masks_pred: npred x [B, K_pred], with -1
+    at padded entries (the loss then averages over real target tokens only).
     The target runs in fp32 weights (bf16 autocast in bf16 runs); the student's inputs are cast
     to the engine's dtype because DeepSpeed does not cast bf16 inputs itself.
     """
@@ -40,7 +41,8 @@ def compute_loss(
     targets = make_targets(h, masks_pred, len(masks_enc))
     student_imgs = imgs.to(torch.bfloat16) if precision == "bf16" else imgs
     z = engine(student_imgs, masks_enc, masks_pred)
-    return jepa_loss(z.float(), targets, loss_kind), h
+    valid = valid_targets(masks_pred, len(masks_enc))
+    return jepa_loss(z.float(), targets, loss_kind, valid), h
 
 
 def move_batch(batch, device: torch.device):

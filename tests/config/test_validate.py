@@ -80,6 +80,11 @@ INVALID = [
     (["logging.wandb=true", "logging.wandb_project="], "logging.wandb_project=''",
      "must not be empty with logging.wandb=true"),
     (["logging.wandb_tags=[ok, '']"], "logging.wandb_tags=('ok', '')", "1 to 64 characters"),
+    (["mask.context_policy=min"], "mask.context_policy='min'",
+     "must be one of ['global_min', 'group_min', 'keep_all']"),
+    (["mask.group_size=0"], "mask.group_size=0", "must be >= 1"),
+    (["data.global_batch_size=384", "mask.group_size=256"], "mask.group_size=256",
+     "must divide the global batch 384 (data.global_batch_size=384)"),
 ]  # fmt: skip
 
 
@@ -154,6 +159,20 @@ def test_world_size_must_split_the_global_batch():
         validate_config(cfg, world_size=3)
     with pytest.raises(ValueError, match="world size 32"):
         validate_config(cfg, world_size=32)  # 128 x 32 = 4096 > 2048
+
+
+def test_mask_groups_must_tile_the_step():
+    # global batch from the world size: 3 ranks x 128 = 384 is not a multiple of 256
+    cfg = load_config(None, ["mask.group_size=256"])
+    validate_config(cfg)  # unknown global batch: nothing to check yet
+    validate_config(cfg, world_size=4)  # 512
+    validate_config(cfg, world_size=1)  # 128: a group larger than the step is the step
+    pattern = r"mask\.group_size=256.*global batch 384 \(data\.batch_size=128 x world size 3\)"
+    with pytest.raises(ValueError, match=pattern):
+        validate_config(cfg, world_size=3)
+    for other in ("mask.context_policy=keep_all", "mask.compat=reference"):
+        validate_config(load_config(None, ["mask.group_size=256", other]), world_size=3)
+    assert Config().mask.context_policy == "group_min" and Config().mask.group_size == 128
 
 
 def test_gradient_accumulation_steps():

@@ -35,6 +35,14 @@ def test_colours_at_known_patches_on_a_black_image():
     assert _pixel(out, 13, 1) == [0, 0, 0]  # untouched patch 12
 
 
+def test_padding_entries_paint_nothing():
+    # -1 is padding (mask.context_policy keep_all / group_min); it must not paint the last patch
+    img = torch.zeros(3, 16, 16)
+    out = render_mask_overlay(img, torch.tensor([0, -1, -1]), [torch.tensor([5])], patch_size=4)
+    assert _pixel(out, 2, 2) == _tinted(CONTEXT_COLOUR)
+    assert _pixel(out, 14, 14) == [0, 0, 0]  # patch 15, which -1 would index
+
+
 def test_grey_normalised_image_is_unnormalised_and_repeated_to_rgb():
     # 2x2 patches of 4 pixels: context = patch 0, target = patch 3, patches 1 and 2 untouched
     img = torch.full((1, 8, 8), (0.2 - 0.5) / 0.25)  # grey 0.2 after un-normalising

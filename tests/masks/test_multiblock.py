@@ -34,14 +34,23 @@ def _draw(sampler: MultiBlockMaskSampler, step: int):
     return torch.stack(enc, 1).numpy(), torch.stack(pred, 1).numpy()
 
 
+def _real(masks: np.ndarray) -> np.ndarray:
+    """The real (not padded) entries of masks, flattened."""
+    return masks[masks >= 0]
+
+
 def _check_step(sampler: MultiBlockMaskSampler, step: int) -> None:
-    """Every invariant of one step's masks (vectorised over the step's samples)."""
+    """Every invariant of one step's masks (vectorised over the step's samples); padding (-1)
+    may only follow the real entries of a context row."""
     grid_h, grid_w = sampler.grid_h, sampler.grid_w
     (ph, pw), (eh, ew) = sampler.block_sizes(step)
     enc, pred = _draw(sampler, step)
     g = enc.shape[0]
     assert enc.dtype == np.int64 and pred.dtype == np.int64
-    assert enc.shape[2] >= sampler.min_keep and pred.shape[2] == ph * pw
+    real = enc >= 0
+    assert (real[..., :-1] >= real[..., 1:]).all() and (enc[~real] == -1).all()
+    assert real.sum(-1).min() >= sampler.min_keep and pred.shape[2] == ph * pw
+    assert (pred >= 0).all()
     # each target: the full ph x pw rectangle at its top-left cell, in raster order, on the grid
     top, left = (pred // grid_w).min(-1), (pred % grid_w).min(-1)
     rows = top[..., None, None] + np.arange(ph)[:, None]
@@ -49,14 +58,18 @@ def _check_step(sampler: MultiBlockMaskSampler, step: int) -> None:
     np.testing.assert_array_equal(pred, (rows * grid_w + cols).reshape(pred.shape))
     assert (top + ph <= grid_h).all() and (left + pw <= grid_w).all()
     # each context: strictly increasing valid indices inside one eh x ew block
-    assert (np.diff(enc, axis=-1) > 0).all() and enc.min() >= 0 and enc.max() < grid_h * grid_w
-    rows, cols = enc // grid_w, enc % grid_w
-    assert (rows.max(-1) - rows.min(-1) < eh).all() and (cols.max(-1) - cols.min(-1) < ew).all()
+    assert (np.diff(enc, axis=-1)[real[..., 1:]] > 0).all() and enc.max() < grid_h * grid_w
+    rows = np.where(real, enc // grid_w, grid_h)
+    cols = np.where(real, enc % grid_w, grid_w)
+    top, left = rows.min(-1), cols.min(-1)
+    assert (np.where(real, rows - top[..., None], 0) < eh).all()
+    assert (np.where(real, cols - left[..., None], 0) < ew).all()
     if not sampler.allow_overlap:
         covered = np.zeros((g, grid_h * grid_w), dtype=bool)
         np.put_along_axis(covered, pred.reshape(g, -1), True, axis=1)
         for j in range(enc.shape[1]):
-            assert not np.take_along_axis(covered, enc[:, j], axis=1).any()
+            hit = np.take_along_axis(covered, np.maximum(enc[:, j], 0), axis=1)
+            assert not (hit & real[:, j]).any()
 
 
 @pytest.mark.parametrize("grid", GRIDS)
@@ -107,7 +120,7 @@ def test_every_patch_reachable_as_target_and_context(grid):
     for step in range(8):
         enc, pred = _draw(sampler, step)
         seen_target[pred.reshape(-1)] = True
-        seen_context[enc.reshape(-1)] = True
+        seen_context[_real(enc)] = True
     assert seen_target.all() and seen_context.all()  # last row and column included
 
 
@@ -151,7 +164,7 @@ def test_context_coverage_is_mirror_symmetric_and_subsampling_unbiased():
     dropped_top = dropped_bottom = kept_top = kept_bottom = 0
     for step in range(4):
         enc, _ = _draw(sampler, step)
-        hits += np.bincount(enc.reshape(-1), minlength=256)
+        hits += np.bincount(_real(enc), minlength=256)
         layout = sampler.step_layout(step)
         for b in range(512):  # full context rebuilt here, independently of the sampler
             full = np.zeros(grid, dtype=bool)
@@ -161,7 +174,7 @@ def test_context_coverage_is_mirror_symmetric_and_subsampling_unbiased():
                 full[t : t + layout.pred_hw[0], lft : lft + layout.pred_hw[1]] = False
             full_idx = np.flatnonzero(full)
             kept = np.isin(full_idx, enc[b, 0])
-            assert kept.sum() == enc.shape[2]  # the output is a subset of the full context
+            assert kept.sum() == (enc[b, 0] >= 0).sum()  # a subset of the full context
             top = full_idx < 128
             dropped_top += (~kept & top).sum()
             dropped_bottom += (~kept & ~top).sum()
