@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from ijepa_ds.cli.convert_cmd import configure_convert
 from ijepa_ds.cli.eval_cmd import configure_eval
 from ijepa_ds.cli.launch_cmd import configure_launch
+from ijepa_ds.cli.masks_cmd import configure_masks
 from ijepa_ds.cli.plan_cmd import configure_plan
 from ijepa_ds.cli.train_cmd import configure_train
 from ijepa_ds.config import (
@@ -112,6 +113,7 @@ COMMANDS: list[tuple[str, str, Configure]] = [
     ("launch", "start ranks locally or submit to SLURM", configure_launch),
     ("eval", "linear probe, kNN, low-shot and PCA pictures of a target encoder", configure_eval),
     ("plan", "predict per-GPU memory of a run and whether it fits", configure_plan),
+    ("masks", "statistics of one step's context/target masks", configure_masks),
 ]
 
 
