@@ -59,9 +59,10 @@ def _checkpointed(
 ) -> torch.Tensor:
     """forward(x, **kwargs) with x [B, N, D] the only checkpointed input.
 
-    kwargs must hold no tensors (a Block's ``query_from`` int): they are bound into the
-    function rather than passed through the checkpoint (``deepspeed.checkpointing.checkpoint``
-    takes positional arguments only), so the recomputation in the backward reuses them as is.
+    kwargs must hold no tensors that need a gradient (a Block's ``query_from`` int, its bool
+    ``key_mask``): they are bound into the function rather than passed through the checkpoint
+    (``deepspeed.checkpointing.checkpoint`` takes positional arguments only), so the
+    recomputation in the backward reuses them as is.
     """
     if kwargs:
         forward = functools.partial(forward, **kwargs)

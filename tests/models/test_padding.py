@@ -3,9 +3,12 @@ real token's output or gradient, in the encoder, the predictor and the loss."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
+from ijepa_ds.backend.act_ckpt import apply_activation_checkpointing
 from ijepa_ds.loss import jepa_loss, make_targets, valid_targets
 from ijepa_ds.models import VisionTransformer, VisionTransformerPredictor
 from ijepa_ds.models.tokens import apply_masks, key_padding
@@ -95,6 +98,26 @@ def test_loss_and_gradients_count_real_target_tokens_only() -> None:
     for name, grad in got.items():
         ref = dict([*enc.named_parameters(), *pred.named_parameters()])[name].grad
         assert (grad - ref).abs().max() <= 1e-5 * ref.abs().max() + 1e-12, name
+
+
+def test_activation_checkpointing_keeps_the_key_padding() -> None:
+    """The key-padding mask is bound into the checkpointed forward, so the backward's
+    recomputation uses it too: same output and gradients as without checkpointing."""
+    plain, _ = _models("sdpa")
+    ckpt = copy.deepcopy(plain)
+    apply_activation_checkpointing(ckpt.blocks, every=1)
+    imgs = torch.randn(B, 3, 16, 16)
+    masks_enc, _ = _padded(CTX_LEN, 5)
+    weight = torch.randn(NENC * B, 9, 32)
+    outs = []
+    for model in (plain, ckpt):
+        out = model.train()(imgs, masks_enc)
+        (out * weight * torch.cat(masks_enc)[..., None].ge(0)).sum().backward()
+        outs.append(out.detach())
+    assert torch.equal(outs[0], outs[1])
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=0, msg=name)
 
 
 def test_unpadded_masks_take_the_unpadded_path() -> None:

@@ -6,6 +6,8 @@ optimizer steps; rank 0 replays the same global batches in one process with torc
 compares encoder, predictor and target encoder. Deliberately wrong references (no wd
 schedule, EMA momentum one step late) are measured too, so the tolerance has teeth. Then a
 bf16 smoke run per stage, the ZeRO-3 target-encoder memory, and activation checkpointing.
+ZeRO 0 and 3 also run the padded mask policies (keep_all; group_min with two groups per
+micro-batch), whose micro-batches pad differently from the reference's whole-step batch.
 Results go to the JSON file named by argv[1] (rank 0).
 """
 
@@ -25,7 +27,7 @@ from ijepa_ds.backend.param_groups import build_param_groups, set_lr_wd
 from ijepa_ds.config import load_config
 from ijepa_ds.data import PositionDataset
 from ijepa_ds.distributed import detect_dist_env
-from ijepa_ds.loss import jepa_loss, make_targets
+from ijepa_ds.loss import jepa_loss, make_targets, valid_targets
 from ijepa_ds.train.loop import train_loop
 from ijepa_ds.train.trainer import build_student, build_trainer
 
@@ -67,6 +69,11 @@ OVERRIDES = [
     "eval.pretrain_val_every_epochs=0",
     "eval.health_every_steps=0",
 ]
+# Padded policies, run at ZeRO 0 and 3 only (each case costs two short trainer runs).
+POLICIES = {
+    "keep_all": ["mask.context_policy=keep_all"],
+    "group_min": ["mask.context_policy=group_min", "mask.group_size=2"],  # 2 groups a micro-batch
+}
 
 
 def _gathered(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -94,7 +101,7 @@ def reference_run(trainer, cfg, wd_schedule=True, momentum_shift=0) -> dict:
             h = make_targets(target(imgs), masks_pred, len(masks_enc))
         z = predictor(encoder(imgs, masks_enc), masks_enc, masks_pred)
         opt.zero_grad()
-        jepa_loss(z, h, cfg.loss.kind).backward()
+        jepa_loss(z, h, cfg.loss.kind, valid_targets(masks_pred, len(masks_enc))).backward()
         opt.step()
         m = sched.momentum_at(step + momentum_shift)
         with torch.no_grad():
@@ -109,6 +116,30 @@ def reference_run(trainer, cfg, wd_schedule=True, momentum_shift=0) -> dict:
 
 def max_diff(a: dict, b: dict) -> float:
     return max((a[part][n] - b[part][n]).abs().max().item() for part in a for n in a[part])
+
+
+def policy_run(env, extra: list[str]) -> dict:
+    """ZeRO 0 and 3 under a padded mask policy against the torch reference (rank 0 compares);
+    ``padded``: whether a micro-batch of the first step really holds padding."""
+    out, ref = {}, None
+    for stage in (0, 3):
+        cfg = load_config("fmnist_tiny", OVERRIDES + extra + [f"deepspeed.config=zero{stage}"])
+        trainer = build_trainer(cfg, env, build_ds_config(cfg, env.world_size))
+        losses = train_loop(trainer, start_step=0)
+        got = {
+            "encoder": _gathered(trainer.engine.module.encoder),
+            "predictor": _gathered(trainer.engine.module.predictor),
+            "target": _gathered(trainer.target.module),
+        }
+        masks_enc, _ = trainer.mask_sampler(list(range(cfg.data.batch_size)))
+        entry = {"losses": losses, "padded": bool((masks_enc[0] < 0).any())}
+        if env.rank == 0:
+            ref = ref or reference_run(trainer, cfg)
+            entry["good"] = max_diff(ref, got)
+        out[stage] = entry
+        del trainer
+        dist.barrier()
+    return out
 
 
 def main(out_path: str) -> None:
@@ -138,6 +169,7 @@ def main(out_path: str) -> None:
         results["stages"][stage] = entry
         del trainer
         dist.barrier()
+    results["policies"] = {name: policy_run(env, extra) for name, extra in POLICIES.items()}
     for stage in (0, 1, 2, 3):
         cfg = load_config(
             "fmnist_tiny", OVERRIDES + [f"deepspeed.config=zero{stage}", "optim.precision=bf16"]

@@ -16,11 +16,9 @@ WORKER = Path(__file__).with_name("elastic_worker.py")
 TOL = 1e-6
 
 
-def _phase(tmp: Path, tag: str, nproc: int, name: str, stage: int, steps: int, resume=""):
+def _phase(tmp: Path, tag, nproc: int, name, stage: int, steps: int, resume="", extra=()):
     out = tmp / f"{tag}.pt"
-    args = [str(out), str(tmp / "runs"), name, str(stage), str(steps)] + (
-        [resume] if resume else []
-    )
+    args = [str(out), str(tmp / "runs"), name, str(stage), str(steps), resume, *extra]
     assert_ok(torchrun(nproc, WORKER, *args))
     return torch.load(out, weights_only=True)
 
@@ -56,3 +54,17 @@ def test_elastic_resume_both_directions(tmp_path, stage):
         assert resumed["losses"] == pytest.approx(full["losses"][3:], abs=TOL)
         assert _max_diff(resumed["tensors"], full["tensors"]) <= TOL, name
         assert _max_diff(_universal_states(final(name)), reference_states) <= TOL, name
+
+
+@pytest.mark.parametrize(
+    "extra", [("mask.context_policy=keep_all",), ("mask.group_size=2",)], ids=["keep_all", "group"]
+)
+def test_elastic_resume_with_padded_masks(tmp_path, extra):
+    """2 ranks -> 1 at ZeRO 1 under a padded policy (default group_min with 2 groups per
+    micro-batch, or keep_all): the micro-batches, so the padding, change with the world size."""
+    full = _phase(tmp_path, "full", 2, "full", 1, 6, extra=extra)
+    _phase(tmp_path, "a", 2, "split", 1, 3, extra=extra)
+    resumed = _phase(tmp_path, "b", 1, "split", 1, 6, "auto", extra=extra)
+    assert resumed["start_step"] == 3
+    assert resumed["losses"] == pytest.approx(full["losses"][3:], abs=TOL)
+    assert _max_diff(resumed["tensors"], full["tensors"]) <= TOL

@@ -13,10 +13,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 WORKER = Path(__file__).with_name("resume_worker.py")
 
 
-@pytest.mark.parametrize("stage,precision", [(1, "fp32"), (2, "fp32"), (3, "fp32"), (3, "bf16")])
-def test_resume_is_bit_identical(tmp_path, stage, precision):
+# The padded mask policies once each (keep_all; group_min with 2 groups per micro-batch of 4).
+CASES = [
+    (1, "fp32", ()), (2, "fp32", ()), (3, "fp32", ()), (3, "bf16", ()),
+    (1, "fp32", ("mask.context_policy=keep_all",)),
+    (3, "fp32", ("mask.context_policy=group_min", "mask.group_size=2")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "stage,precision,extra", CASES, ids=[f"{s}-{p}-{'-'.join(e) or 'default'}" for s, p, e in CASES]
+)
+def test_resume_is_bit_identical(tmp_path, stage, precision, extra):
     out = tmp_path / "result.json"
-    assert_ok(torchrun(2, WORKER, str(out), str(tmp_path / "runs"), str(stage), precision))
+    args = [str(out), str(tmp_path / "runs"), str(stage), precision, *extra]
+    assert_ok(torchrun(2, WORKER, *args))
     result = json.loads(out.read_text())
     # Stopped at step 3 of 6 (mid-epoch: 4 steps per epoch), resumed from its checkpoint.
     assert result["second_start"] == 3

@@ -62,3 +62,12 @@ def test_bf16_stages_agree(results):
     reference = results["bf16"]["1"]
     for stage in ("0", "2", "3"):
         assert results["bf16"][stage] == pytest.approx(reference, abs=1e-4), stage
+
+
+@pytest.mark.parametrize("policy", ["keep_all", "group_min"])
+@pytest.mark.parametrize("stage", ["0", "3"])
+def test_padded_mask_policies_match_single_process_torch(results, policy, stage):
+    entry = results["policies"][policy][stage]
+    assert entry["padded"], "the case must exercise padding inside a micro-batch"
+    assert entry["good"] <= TOL, f"{policy} at ZeRO {stage} drifted by {entry['good']}"
+    assert entry["losses"] != results["stages"][stage]["losses"]  # other masks, other run
