@@ -123,6 +123,19 @@ def build_train_loader(
     )
 
 
+def build_dataset_from_config(data: Any, train: bool, transform: Callable | None) -> Dataset:
+    """The dataset split that a ``data`` config section (``config.DataConfig``) names: the one
+    place that knows the synthetic dataset's settings. Its train split holds
+    ``data.synthetic_size`` images, its held-out split the default eval size; both have
+    ``data.synthetic_classes`` labels. Other datasets are read from ``data.root``."""
+    if data.dataset == "synthetic":
+        size = data.synthetic_size if train else None
+        return build_dataset(
+            "synthetic", "", train, transform, num_samples=size, num_classes=data.synthetic_classes
+        )
+    return build_dataset(data.dataset, data.root, train, transform)
+
+
 def default_root(kind: str) -> str:
     """Where ``kind`` lives when no root is configured (``""`` where there is no default)."""
     _check_kind(kind)

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from ijepa_ds.checkpoint.layout import resumed_best, step_of, write_best
-from ijepa_ds.data import build_dataset, build_eval_transform, build_train_loader
+from ijepa_ds.data import build_dataset_from_config, build_eval_transform, build_train_loader
 from ijepa_ds.data.sampler import mix_seed
 from ijepa_ds.distributed import all_reduce_cpu
 from ijepa_ds.eval.features import extract_features
@@ -61,10 +61,7 @@ class PretrainEvaluator:
     def _dataset(self, train: bool, transform) -> Dataset | None:
         data = self.cfg.data
         try:
-            if data.dataset == "synthetic":
-                return build_dataset("synthetic", "", train, transform,
-                                     num_classes=data.synthetic_classes)  # fmt: skip
-            return build_dataset(data.dataset, data.root, train, transform)
+            return build_dataset_from_config(data, train, transform)
         except (ValueError, FileNotFoundError) as err:
             log.warning(
                 "pretraining checks: no %s split (%s)", "train" if train else "held-out", err

@@ -17,7 +17,7 @@ from ijepa_ds.config import (
     gradient_accumulation_steps,
     resolved_global_batch,
 )
-from ijepa_ds.data import build_dataset, build_train_loader, build_train_transform
+from ijepa_ds.data import build_dataset_from_config, build_train_loader, build_train_transform
 from ijepa_ds.distributed import DistEnv
 from ijepa_ds.hostmem import pin_mmap_threshold
 from ijepa_ds.masks import MaskCollator, build_mask_sampler_from_config
@@ -58,12 +58,7 @@ def build_train_dataset(cfg: Config) -> Dataset:
         mean=data.normalize_mean,
         std=data.normalize_std,
     )
-    if data.dataset == "synthetic":
-        return build_dataset(
-            "synthetic", "", True, transform,
-            num_samples=data.synthetic_size, num_classes=data.synthetic_classes,
-        )  # fmt: skip
-    return build_dataset(data.dataset, data.root, True, transform)
+    return build_dataset_from_config(data, True, transform)
 
 
 def build_schedule(cfg: Config, iterations_per_epoch: int) -> Schedule:
