@@ -13,6 +13,8 @@ from ijepa_ds.checkpoint.layout import (
     write_best,
 )
 
+pytestmark = pytest.mark.fast
+
 
 def _folder(run_dir, step: int):
     folder = checkpoints_dir(run_dir) / step_folder_name(step)
