@@ -7,6 +7,7 @@ import each other, even through others (no cycles). Imports inside functions cou
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,14 @@ def test_only_the_backend_imports_deepspeed():
 def test_only_the_cli_knows_argparse():
     importers = importers_of("argparse")
     assert importers and all(p.startswith("cli/") for p in importers), importers
+
+
+def test_every_file_the_code_cites_is_in_the_repo():
+    """Docstrings cite ``docs/*.md`` and ``ijepa_ds/...`` paths: each must exist."""
+    cited = set()
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        cited.update(re.findall(r"\b(docs/[\w./-]+\.md)\b", text))
+        cited.update(re.findall(r"`(ijepa_ds/[\w/]+\.py)`", text))
+    missing = sorted(c for c in cited if not (PACKAGE.parent / c).exists())
+    assert cited and missing == [], missing

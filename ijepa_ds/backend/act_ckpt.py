@@ -123,7 +123,7 @@ def configure_deepspeed_checkpointing(cpu_offload: bool) -> None:
     """Configure DeepSpeed's checkpointing (CPU offload of the saved block inputs or not).
 
     Without a ``configure`` call DeepSpeed ignores the ``activation_checkpointing`` config
-    section silently (REFERENCE.md section 5), so :func:`apply_activation_checkpointing` makes
+    section silently (docs/reference.md section 5), so :func:`apply_activation_checkpointing` makes
     this call whenever it checkpoints with ``deepspeed``.
     """
     import deepspeed

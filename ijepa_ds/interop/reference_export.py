@@ -1,4 +1,4 @@
-"""Consolidated checkpoint <-> reference I-JEPA `.pth.tar` (REFERENCE.md section 3).
+"""Consolidated checkpoint <-> reference I-JEPA `.pth.tar` (docs/reference.md section 3).
 
 The reference file holds `encoder`, `predictor`, `target_encoder` (DDP state dicts: every key
 prefixed `module.`, the fixed `pos_embed` / `predictor_pos_embed` tables included), `opt` (a

@@ -1,6 +1,6 @@
 """Reference weight initialisation for the encoder and the predictor.
 
-Effective reference init (REFERENCE.md section 2): every Linear and the patch-embedding
+Effective reference init (docs/reference.md section 2): every Linear and the patch-embedding
 Conv2d get trunc_normal(std=init_std) weights and zero biases, every LayerNorm weight 1 and
 bias 0. The truncation bounds are the reference's absolute [-2, 2], i.e. about 100 std at
 std 0.02, so in practice a plain normal. The reference ViT constructors also divide each

@@ -59,7 +59,7 @@ def write_run_folder(root, encoders: dict[int, VisionTransformer], latest: int):
 
 
 def write_reference(path, enc: VisionTransformer):
-    """REFERENCE.md section 3: DDP-prefixed state dicts plus optimizer and bookkeeping."""
+    """docs/reference.md section 3: DDP-prefixed state dicts plus optimizer and bookkeeping."""
     torch.manual_seed(1)
     predictor = build_predictor(enc, predictor_embed_dim=24, depth=2, num_heads=3)
     prefixed = {f"module.{k}": v for k, v in enc.state_dict().items()}
