@@ -2,7 +2,7 @@
 
 A command is `(name, help, configure)` in `COMMANDS`; `configure(parser)` adds the
 command's arguments and sets `func=handler` with `handler(args) -> int` (the exit code).
-Commands live in their own modules (`ijepa_ds/cli/train.py` etc.) and are appended to
+Commands live in their own modules (`ijepa_ds/cli/train_cmd.py` etc.) and are appended to
 `COMMANDS`; they must keep heavy imports (torch, deepspeed) inside the handler so that
 `--help` and `config show` stay fast. A `ConfigError` raised by any handler is printed to
 stderr without a traceback and exits with status 2.
