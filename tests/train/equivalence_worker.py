@@ -69,10 +69,12 @@ OVERRIDES = [
     "eval.pretrain_val_every_epochs=0",
     "eval.health_every_steps=0",
 ]
+# group_min with two groups per micro-batch of 4: rows of one micro-batch cut to two lengths.
+GROUP_TWO = ["mask.context_policy=group_min", "mask.group_size=2"]
 # Padded policies, run at ZeRO 0 and 3 only (each case costs two short trainer runs).
 POLICIES = {
     "keep_all": ["mask.context_policy=keep_all"],
-    "group_min": ["mask.context_policy=group_min", "mask.group_size=2"],  # 2 groups a micro-batch
+    "group_min": GROUP_TWO,
 }
 
 

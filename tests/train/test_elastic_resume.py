@@ -10,6 +10,7 @@ import torch
 
 from ijepa_ds.checkpoint.elastic import convert_to_universal
 from tests.helpers import assert_ok, torchrun
+from tests.train.equivalence_worker import GROUP_TWO
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 WORKER = Path(__file__).with_name("elastic_worker.py")
@@ -57,11 +58,11 @@ def test_elastic_resume_both_directions(tmp_path, stage):
 
 
 @pytest.mark.parametrize(
-    "extra", [("mask.context_policy=keep_all",), ("mask.group_size=2",)], ids=["keep_all", "group"]
+    "extra", [("mask.context_policy=keep_all",), tuple(GROUP_TWO)], ids=["keep_all", "group_min"]
 )
 def test_elastic_resume_with_padded_masks(tmp_path, extra):
-    """2 ranks -> 1 at ZeRO 1 under a padded policy (default group_min with 2 groups per
-    micro-batch, or keep_all): the micro-batches, so the padding, change with the world size."""
+    """2 ranks -> 1 at ZeRO 1 under keep_all or group_min (2 groups per micro-batch of 4): the
+    micro-batches, so the padding, change with the world size."""
     full = _phase(tmp_path, "full", 2, "full", 1, 6, extra=extra)
     _phase(tmp_path, "a", 2, "split", 1, 3, extra=extra)
     resumed = _phase(tmp_path, "b", 1, "split", 1, 6, "auto", extra=extra)

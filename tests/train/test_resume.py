@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import assert_ok, torchrun
+from tests.train.equivalence_worker import GROUP_TWO
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 WORKER = Path(__file__).with_name("resume_worker.py")
@@ -17,12 +18,12 @@ WORKER = Path(__file__).with_name("resume_worker.py")
 CASES = [
     (1, "fp32", ()), (2, "fp32", ()), (3, "fp32", ()), (3, "bf16", ()),
     (1, "fp32", ("mask.context_policy=keep_all",)),
-    (3, "fp32", ("mask.context_policy=group_min", "mask.group_size=2")),
+    (3, "fp32", tuple(GROUP_TWO)),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "stage,precision,extra", CASES, ids=[f"{s}-{p}-{'-'.join(e) or 'default'}" for s, p, e in CASES]
+    "stage,precision,extra", CASES, ids=[f"{s}-{p}-{e[0] if e else 'default'}" for s, p, e in CASES]
 )
 def test_resume_is_bit_identical(tmp_path, stage, precision, extra):
     out = tmp_path / "result.json"

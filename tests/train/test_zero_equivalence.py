@@ -70,4 +70,5 @@ def test_padded_mask_policies_match_single_process_torch(results, policy, stage)
     entry = results["policies"][policy][stage]
     assert entry["padded"], "the case must exercise padding inside a micro-batch"
     assert entry["good"] <= TOL, f"{policy} at ZeRO {stage} drifted by {entry['good']}"
-    assert entry["losses"] != results["stages"][stage]["losses"]  # other masks, other run
+    if policy == "keep_all":  # same batches, more context: another run
+        assert entry["losses"] != results["stages"][stage]["losses"]
