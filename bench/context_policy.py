@@ -1,0 +1,238 @@
+"""mask.context_policy: context kept per policy at the paper's scale, and what padding costs.
+
+Run from the repository root (writes ``bench/results/context_policy.md``)::
+
+    OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu python -m bench.context_policy
+
+1. ``ijepa-ds masks stats`` numbers (``ijepa_ds.perf.mask_stats``, the command's own code) for
+   the ``vit_h14_in1k`` preset (global batch 2048, micro-batch 128; 32 on 64 ranks, where 128
+   would exceed the global batch) on 1, 16 and 64 ranks under each policy, averaged over
+   optimizer steps 0..STEPS-1.
+2. One fp32 train step (target forward, student forward, loss, backward, AdamW; the trainer's
+   ``compute_loss``) of ViT-Tiny/16 at 224, batch 32, one process, under each policy, rounds
+   interleaved (every variant sees the same step's masks in a round). group_min uses groups of
+   8 (four groups per micro-batch), timed both ways: padded (what training does: one forward
+   with key-padding masks) and split (one student forward per group at its exact width, here
+   only). Memory: the bytes of
+   the tensors autograd saves for the backward (activations, counted once per storage), an
+   exact per-variant number; the process's peak RSS is given once for the whole run.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse
+import copy
+import resource
+
+import numpy as np
+import torch
+
+from bench import common
+from ijepa_ds.config import load_config
+from ijepa_ds.masks import build_mask_sampler_from_config
+from ijepa_ds.models.from_config import build_encoder_from_config, build_predictor_from_config
+from ijepa_ds.perf.mask_stats import mask_stats
+from ijepa_ds.train.step import compute_loss
+from ijepa_ds.train.student import IJEPAStudent
+
+POLICIES = ("global_min", "group_min", "keep_all")
+WORLD_SIZES = (1, 16, 64)
+STEPS = 4
+VIT_TI16 = [
+    *common.VIT_S16, "model.name=vit_tiny", "model.embed_dim=192", "model.depth=12",
+    "model.num_heads=3", "model.pred_depth=6", "model.pred_emb_dim=192", "model.pred_num_heads=3",
+    "mask.min_keep=10", "data.crop_size=224", "data.batch_size=32", "data.global_batch_size=32",
+    "optim.precision=fp32",
+]  # fmt: skip
+STEP_GROUP = 8  # group_min's group in the step benchmark: 4 groups per micro-batch of 32
+
+
+def stats_overrides(policy: str, world_size: int) -> list[str]:
+    """The overrides of ``ijepa-ds masks stats --config vit_h14_in1k --world-size W ...``."""
+    batch = min(128, 2048 // world_size)
+    return [f"mask.context_policy={policy}", f"data.batch_size={batch}"]
+
+
+def stats_table() -> str:
+    """Markdown table of the masks stats, mean over STEPS steps, per policy and world size."""
+    lines = [
+        "| policy | world size | micro-batch x accumulation | drawn | kept | kept / drawn "
+        "| target kept | padding | context width (min-max) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for policy in POLICIES:
+        for world_size in WORLD_SIZES:
+            cfg = load_config("vit_h14_in1k", stats_overrides(policy, world_size))
+            rows = [mask_stats(cfg, world_size, step) for step in range(STEPS)]
+            mean = {k: float(np.mean([getattr(r, k) for r in rows])) for k in (
+                "context_drawn_mean", "context_kept_mean", "context_kept_fraction",
+                "target_kept_fraction", "padding_fraction")}  # fmt: skip
+            widths = f"{min(r.context_width_min for r in rows)}-"
+            widths += f"{max(r.context_width_max for r in rows)}"
+            lines.append(
+                f"| {policy} | {world_size} | {rows[0].micro_batch_size} x {rows[0].accumulation} "
+                f"| {mean['context_drawn_mean']:.1f} | {mean['context_kept_mean']:.1f} "
+                f"| {mean['context_kept_fraction']:.3f} | {mean['target_kept_fraction']:.3f} "
+                f"| {mean['padding_fraction']:.3f} | {widths} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+class SavedBytes:
+    """saved_tensors_hooks counting the bytes autograd keeps for the backward (one count per
+    storage, so views and re-saved tensors are not double counted)."""
+
+    def __init__(self) -> None:
+        self.storages: dict[int, int] = {}
+
+    def __enter__(self):
+        def pack(t: torch.Tensor):
+            storage = t.untyped_storage()
+            self.storages[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        self.hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.hooks.__exit__(*exc)
+
+    @property
+    def mib(self) -> float:
+        return sum(self.storages.values()) / 2**20
+
+
+def group_runs(masks: list[torch.Tensor], size: int) -> list[tuple[slice, int]]:
+    """Consecutive groups of ``size`` rows and each group's real context width."""
+    rows = masks[0].shape[0]
+    return [
+        (slice(g, g + size), max(int((m[g : g + size] >= 0).sum(dim=1).max()) for m in masks))
+        for g in range(0, rows, size)
+    ]
+
+
+def split_forward(student: IJEPAStudent, imgs, masks_enc, masks_pred) -> torch.Tensor:
+    """The student run once per group at the group's width, predictions merged back into the
+    batch's block-major row order [blocks * B, K_pred, D]."""
+    outs = []
+    for rows, width in group_runs(masks_enc, STEP_GROUP):
+        enc = [m[rows, :width] for m in masks_enc]
+        outs.append(student(imgs[rows], enc, [m[rows] for m in masks_pred]))
+    blocks = len(masks_enc) * len(masks_pred)
+    k, d = outs[0].shape[1:]
+    return torch.cat([o.reshape(blocks, -1, k, d) for o in outs], dim=1).reshape(-1, k, d)
+
+
+class StepBench:
+    """One model, optimizer and target shared by all variants; masks per policy and step."""
+
+    def __init__(self) -> None:
+        self.cfg = load_config("fmnist_tiny", VIT_TI16)
+        torch.manual_seed(0)
+        self.student = IJEPAStudent(
+            build_encoder_from_config(self.cfg), build_predictor_from_config(self.cfg)
+        )
+        self.target = copy.deepcopy(self.student.encoder).requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.student.parameters(), lr=1e-5)
+        self.imgs = torch.randn(32, 3, 224, 224)
+        self.samplers = {}
+        for policy in POLICIES:
+            overrides = [f"mask.context_policy={policy}", f"mask.group_size={STEP_GROUP}"]
+            cfg = load_config("fmnist_tiny", VIT_TI16 + overrides)
+            self.samplers[policy] = build_mask_sampler_from_config(cfg, 32)
+        self.step, self.saved, self.tokens = 0, {}, {}
+
+    def masks(self, policy: str):
+        return self.samplers[policy](np.arange(self.step * 32, (self.step + 1) * 32))
+
+    def run(self, name: str, policy: str, split: bool = False) -> None:
+        """One train step under ``policy``; ``split``: one student forward per group."""
+        masks_enc, masks_pred = self.masks(policy)
+        engine = self.split_forward if split else self.student
+        self.opt.zero_grad(set_to_none=True)
+        with SavedBytes() as saved:
+            loss, _ = compute_loss(engine, self.target, self.imgs, masks_enc, masks_pred,
+                                   "smooth_l1", "fp32")  # fmt: skip
+        loss.backward()
+        self.opt.step()
+        real = int((masks_enc[0] >= 0).sum()) / 32
+        self.saved.setdefault(name, []).append(saved.mib)
+        self.tokens.setdefault(name, []).append((real, real if split else masks_enc[0].shape[1]))
+
+    def split_forward(self, imgs, masks_enc, masks_pred) -> torch.Tensor:
+        return split_forward(self.student, imgs, masks_enc, masks_pred)
+
+
+def step_table(repeats: int, warmup: int) -> str:
+    bench = StepBench()
+    variants = {
+        "global_min": lambda: bench.run("global_min", "global_min"),
+        "group_min (padded)": lambda: bench.run("group_min (padded)", "group_min"),
+        "group_min (split)": lambda: bench.run("group_min (split)", "group_min", split=True),
+        "keep_all": lambda: bench.run("keep_all", "keep_all"),
+    }
+
+    def advance() -> None:  # a new optimizer step (new masks) for each round
+        bench.step += 1
+
+    variants["_next"] = advance
+    times = common.interleaved(variants, repeats, warmup)
+    base = [cpu for _, cpu in times["global_min"]]
+    lines = [
+        "| variant | step CPU s (median) | vs global_min (median, min-max) | real context / "
+        "computed width per sample | autograd-saved MiB |",
+        "|---|---|---|---|---|",
+    ]
+    for name in [v for v in variants if v != "_next"]:
+        cpu = [c for _, c in times[name]]
+        ratio, lo, hi = common.ratio_spread(cpu, base)
+        real = np.mean([t[0] for t in bench.tokens[name][warmup:]])
+        width = np.mean([t[1] for t in bench.tokens[name][warmup:]])
+        saved = np.mean(bench.saved[name][warmup:])
+        lines.append(
+            f"| {name} | {common.median(cpu):.3f} | {ratio:.3f} ({lo:.3f}-{hi:.3f}) "
+            f"| {real:.1f} / {width:.1f} | {saved:.1f} |"
+        )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return "\n".join(lines) + f"\n\nProcess peak RSS over the whole run: {peak:.0f} MiB.\n"
+
+
+COMMANDS = """Commands (repository root, `OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu`):
+
+- this file: `python -m bench.context_policy` (about 4 minutes on 2 cores);
+- one row of the first table, per step S in 0-3 (B = 128, or 32 on 64 ranks):
+  `python -m ijepa_ds masks stats --config vit_h14_in1k --world-size W --step S
+  mask.context_policy=P data.batch_size=B` (add `--table` for a table).
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", default="bench/results/context_policy.md")
+    args = parser.parse_args()
+    start = common.machine_info()
+    masks = stats_table()
+    steps = step_table(args.repeats, args.warmup)
+    text = (
+        "# mask.context_policy\n\n"
+        + common.machine_header(start, common.load_average())
+        + "\n"
+        + COMMANDS
+        + f"\n## masks stats, vit_h14_in1k (mean of steps 0-{STEPS - 1})\n\n"
+        + masks
+        + "\n## fp32 train step, ViT-Tiny/16 at 224, batch 32, 1 process "
+        + f"({args.warmup} warm-up + {args.repeats} timed rounds, interleaved)\n\n"
+        + steps
+    )
+    common.write_result(args.out, text)
+
+
+if __name__ == "__main__":
+    main()
