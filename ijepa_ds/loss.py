@@ -36,7 +36,7 @@ def make_targets(
     """
     features = target_features(target_out)
     batch = features.shape[0]
-    features = apply_masks(features, masks_pred)
+    features = apply_masks(features, masks_pred)  # clamps -1 padding (rows left out of the loss)
     return repeat_interleave_batch(features, batch, repeat=num_enc_masks)
 
 

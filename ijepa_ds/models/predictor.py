@@ -133,18 +133,22 @@ class VisionTransformerPredictor(nn.Module):
         batch = x.shape[0] // len(masks_x)
         pos_table = self.predictor_pos_embed.expand(batch, -1, -1)
 
-        x = self.predictor_embed(x) + apply_masks(pos_table, masks_x, self.mask_gather)
+        ctx_valid, tgt_valid = key_padding(masks_x), key_padding(masks)  # None: no padding
+        ctx_pos = apply_masks(pos_table, masks_x, self.mask_gather, ctx_valid is not None)
+        x = self.predictor_embed(x) + ctx_pos
         num_ctx = x.shape[1]
 
         # One group of mask tokens per (target block, context view): each block is predicted
         # separately by stacking the groups along the batch.
         target_pos = repeat_interleave_batch(
-            apply_masks(pos_table, masks, self.mask_gather), batch, repeat=len(masks_x)
+            apply_masks(pos_table, masks, self.mask_gather, tgt_valid is not None),
+            batch,
+            repeat=len(masks_x),
         )
         pred_tokens = self.mask_token + target_pos
         x = torch.cat([x.repeat(len(masks), 1, 1), pred_tokens], dim=1)
 
-        valid = _predictor_key_mask(masks_x, masks, batch)
+        valid = _predictor_key_mask(ctx_valid, tgt_valid, masks_x, masks, batch)
         extra = {} if valid is None else {"key_mask": valid}
         blocks = list(self.predictor_blocks)
         prune = self.prune_last_block and len(blocks) > 0
@@ -157,12 +161,16 @@ class VisionTransformerPredictor(nn.Module):
 
 
 def _predictor_key_mask(
-    masks_x: list[torch.Tensor], masks: list[torch.Tensor], batch: int
+    ctx: torch.Tensor | None,
+    tgt: torch.Tensor | None,
+    masks_x: list[torch.Tensor],
+    masks: list[torch.Tensor],
+    batch: int,
 ) -> torch.Tensor | None:
     """bool [npred * nenc * B, K_ctx + K_pred] (True = real token) in the predictor's row order:
-    context validity repeated per target block, target validity per context view; None
-    without padding."""
-    ctx, tgt = key_padding(masks_x), key_padding(masks)
+    context validity ``ctx`` [nenc * B, K_ctx] repeated per target block, target validity
+    ``tgt`` [npred * B, K_pred] per context view (``key_padding``; None = no padding); None
+    when neither holds padding."""
     if ctx is None and tgt is None:
         return None
     device = masks_x[0].device

@@ -21,7 +21,10 @@ def check_mask_gather(mask_gather: str) -> str:
 
 
 def apply_masks(
-    x: torch.Tensor, masks: Sequence[torch.Tensor], mask_gather: str = "index"
+    x: torch.Tensor,
+    masks: Sequence[torch.Tensor],
+    mask_gather: str = "index",
+    padded: bool | None = None,
 ) -> torch.Tensor:
     """Gather the tokens each mask keeps and stack the results along the batch.
 
@@ -33,6 +36,8 @@ def apply_masks(
         mask_gather: "index" gathers through a stride-0 expanded view of the mask; "copy"
             first materialises the [B, K, D] int64 index with ``repeat`` as the reference
             does (same result, kept as the baseline of ``bench/fast_paths.py``).
+        padded: whether the masks hold PAD_INDEX entries, when the caller knows already
+            (saves a host sync on GPU); None = look.
 
     Returns:
         [M * B, K, D], mask-major: rows m*B .. (m+1)*B - 1 are x gathered with masks[m].
@@ -42,7 +47,7 @@ def apply_masks(
     check_mask_gather(mask_gather)
     batch, _, dim = x.shape
     num_keep = masks[0].shape[-1]
-    padded = has_padding(masks)
+    padded = has_padding(masks) if padded is None else padded
     gathered = []
     for i, m in enumerate(masks):
         # torch.gather silently accepts an index with a smaller batch; refuse it instead.
@@ -64,7 +69,8 @@ def apply_masks(
 def has_padding(masks: Sequence[torch.Tensor]) -> bool:
     """Whether any of the [B, K] masks holds a PAD_INDEX entry (a host sync for GPU masks).
     Masks on the meta device (shape-only runs) count as unpadded."""
-    return any(m.device.type != "meta" and bool((m < 0).any()) for m in masks)
+    real = [m for m in masks if m.device.type != "meta"]
+    return bool(real) and bool(torch.stack([(m < 0).any() for m in real]).any())  # one sync
 
 
 def key_padding(masks: Sequence[torch.Tensor]) -> torch.Tensor | None:

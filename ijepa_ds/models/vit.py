@@ -143,7 +143,7 @@ class VisionTransformer(nn.Module):
         if masks is not None:
             masks = [masks] if isinstance(masks, torch.Tensor) else masks
             valid = key_padding(masks)
-            x = apply_masks(x, masks, self.mask_gather)
+            x = apply_masks(x, masks, self.mask_gather, padded=valid is not None)
         for block in self.blocks:
             x = block(x) if valid is None else block(x, key_mask=valid)
         return self.norm(x)
