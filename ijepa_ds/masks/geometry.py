@@ -23,6 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+CONTEXT_POLICIES = ("global_min", "group_min", "keep_all")  # mask.context_policy
+
 
 def block_count(u: np.ndarray | float, scale: Sequence[float], grid_h: int, grid_w: int):
     """Patch budget ``n = floor(H * W * (lo + u * (hi - lo)))``, shaped like ``u``."""
@@ -169,3 +171,22 @@ def validate_mask_settings(
             f"context block ({eh}x{ew}) minus the largest target block ({qh}x{qw}) must keep "
             f">= mask.min_keep patches when mask.allow_overlap=False"
         )
+
+
+def check_group_size(context_policy: str, group_size: int, global_batch_size: int) -> int:
+    """The group size ``group_min`` uses: ``group_size`` capped at the step. ValueError for an
+    unknown policy, a group size < 1, or (under ``group_min``) a group size smaller than the step
+    that does not divide it: groups must tile every step identically."""
+    if context_policy not in CONTEXT_POLICIES:
+        raise ValueError(
+            f"mask.context_policy={context_policy!r} must be one of {list(CONTEXT_POLICIES)}"
+        )
+    if int(group_size) != group_size or group_size < 1:
+        raise ValueError(f"mask.group_size={group_size!r} must be an integer >= 1")
+    group = min(int(group_size), global_batch_size)
+    if context_policy == "group_min" and global_batch_size % group:
+        raise ValueError(
+            f"mask.group_size={group_size} must divide the global batch "
+            f"(data.global_batch_size={global_batch_size}) for mask.context_policy=group_min"
+        )
+    return group

@@ -40,11 +40,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ijepa_ds.masks.geometry import block_corner, block_count, block_dims, validate_mask_settings
+from ijepa_ds.masks.geometry import (
+    block_corner,
+    block_count,
+    block_dims,
+    check_group_size,
+    validate_mask_settings,
+)
 
 MAX_ATTEMPTS = 20  # tries per sample before the fallback; the reference's timeout is also 20
 
-CONTEXT_POLICIES = ("global_min", "group_min", "keep_all")
 PAD_INDEX = -1  # mask entry of a padded token (see models.tokens.apply_masks)
 
 _MASK64 = (1 << 64) - 1
@@ -294,22 +299,3 @@ class MultiBlockMaskSampler:
         rows = corners[..., 0, None, None] + np.arange(hw[0])[:, None]
         cols = corners[..., 1, None, None] + np.arange(hw[1])[None, :]
         return (rows * self.grid_w + cols).reshape(*corners.shape[:-1], hw[0] * hw[1])
-
-
-def check_group_size(context_policy: str, group_size: int, global_batch_size: int) -> int:
-    """The group size ``group_min`` uses: ``group_size`` capped at the step. ValueError for an
-    unknown policy, a group size < 1, or (under ``group_min``) a group size smaller than the step
-    that does not divide it: groups must tile every step identically."""
-    if context_policy not in CONTEXT_POLICIES:
-        raise ValueError(
-            f"mask.context_policy={context_policy!r} must be one of {list(CONTEXT_POLICIES)}"
-        )
-    if int(group_size) != group_size or group_size < 1:
-        raise ValueError(f"mask.group_size={group_size!r} must be an integer >= 1")
-    group = min(int(group_size), global_batch_size)
-    if context_policy == "group_min" and global_batch_size % group:
-        raise ValueError(
-            f"mask.group_size={group_size} must divide the global batch "
-            f"(data.global_batch_size={global_batch_size}) for mask.context_policy=group_min"
-        )
-    return group

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ijepa_ds.masks.multiblock import MultiBlockMaskSampler, check_group_size
+from ijepa_ds.masks.geometry import check_group_size
+from ijepa_ds.masks.multiblock import MultiBlockMaskSampler
 
 GRID, GLOBAL = (16, 16), 64
 
