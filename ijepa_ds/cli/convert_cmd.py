@@ -80,9 +80,14 @@ def _load_pt(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     raise ValueError(f"{path}: neither a consolidated nor a reference checkpoint ({keys})")
 
 
-def load_source(src: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Any supported source as a consolidated dict."""
+def load_source(src: Path, args: argparse.Namespace, target: str) -> dict[str, Any]:
+    """Any supported source as a consolidated dict; for a timm ``target`` from a run or step
+    folder only the target encoder part of one (the student's shards are never read)."""
     kind = source_kind(src)
+    if kind in ("run", "step") and target == "timm":
+        from ijepa_ds.interop.from_deepspeed import deepspeed_target_encoder
+
+        return deepspeed_target_encoder(src)
     if kind in ("run", "step"):
         from ijepa_ds.interop.from_deepspeed import consolidate_deepspeed
 
@@ -107,9 +112,9 @@ def write_target(obj: dict[str, Any], dst: Path, kind: str) -> Path:
         from ijepa_ds.interop.reference_export import save_reference, to_reference
 
         return save_reference(to_reference(obj), dst)
-    from ijepa_ds.interop.timm_export import export_timm
+    from ijepa_ds.interop.timm_export import export_timm_encoder
 
-    return export_timm(obj, dst)
+    return export_timm_encoder(obj["target_encoder"], obj["encoder_kwargs"], obj["step"], dst)
 
 
 def run_convert(args: argparse.Namespace) -> int:
@@ -119,8 +124,8 @@ def run_convert(args: argparse.Namespace) -> int:
         kind = target_kind(dst, args.to)
         if dst.exists() and dst.resolve() == src.resolve():
             raise ValueError(f"{dst}: DST is the source itself")
-        obj = load_source(src, args)
-        if args.no_optimizer:
+        obj = load_source(src, args, kind)
+        if args.no_optimizer and kind != "timm":
             obj["optimizer"] = None
         written = write_target(obj, dst, kind)
     except (ValueError, FileNotFoundError) as err:

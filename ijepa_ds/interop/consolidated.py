@@ -19,7 +19,7 @@ JSON string in the file's metadata.
 """
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +55,16 @@ def _check_suffix(path: Path) -> str:
     return path.suffix
 
 
-def _to_safetensors(obj: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def standalone_copier() -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function that returns each tensor it is given, or a copy where safetensors needs one.
+
+    safetensors refuses tensors that share storage (slices of one flat DeepSpeed partition, or
+    one tensor under two names) and non-contiguous ones: those are copied, and only those, so
+    a memory-mapped source stays mapped and a write holds about one output's worth of memory.
+    """
     seen: set[int] = set()
 
     def standalone(tensor: torch.Tensor) -> torch.Tensor:
-        # safetensors refuses tensors that share storage (slices of one flat DeepSpeed
-        # partition, or one tensor under two names): copy those, and only those.
         tensor = tensor.detach()
         storage = tensor.untyped_storage()
         whole = storage.nbytes() == tensor.numel() * tensor.element_size()
@@ -69,6 +73,11 @@ def _to_safetensors(obj: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], di
             return tensor
         return tensor.contiguous().clone()
 
+    return standalone
+
+
+def _to_safetensors(obj: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    standalone = standalone_copier()
     tensors = {f"{part}/{k}": standalone(v) for part in MODEL_PARTS for k, v in obj[part].items()}
     meta = {"format": FORMAT, "version": str(VERSION)}
     meta.update({name: json.dumps(obj.get(name)) for name in JSON_FIELDS})

@@ -101,6 +101,40 @@ def _optimizer(state: dict, hyper: list[dict], saved: list[list[str]], names: li
     return {"param_groups": groups, "state": {n: state[n] for g in names for n in g if n in state}}
 
 
+def _run_config(step_dir: Path):
+    """(config, encoder kwargs, predictor kwargs) of the run a step folder belongs to."""
+    config_path = step_dir.parent.parent / "config.yaml"
+    if not config_path.is_file():
+        raise ValueError(f"{config_path} not found: the run's config gives the architecture")
+    cfg = load_config(str(config_path))
+    return cfg, encoder_kwargs_from_config(cfg), predictor_kwargs_from_config(cfg)
+
+
+def _target_state(step_dir: Path, encoder) -> dict[str, torch.Tensor]:
+    """The step's fp32 target encoder state dict (memory-mapped, in reference key order)."""
+    target = safe_torch_load(step_dir / TARGET_FILE, "target encoder file")
+    if not isinstance(target, Mapping) or not isinstance(target.get("state_dict"), Mapping):
+        raise ValueError(f"{step_dir / TARGET_FILE}: expected a dict with a 'state_dict'")
+    target_sd = {k.removeprefix("module."): v.float() for k, v in target["state_dict"].items()}
+    return _fill_tables(encoder, "encoder", target_sd, str(step_dir / TARGET_FILE))
+
+
+def deepspeed_target_encoder(path: str | Path) -> dict[str, Any]:
+    """The target encoder of a run or step folder: {"target_encoder", "encoder_kwargs",
+    "step", "epoch"}, reading only ``target_encoder.pt`` (memory-mapped), the train state and
+    the run's config: what a timm export needs, without the student's or optimizer's shards."""
+    step_dir = resolve_step_dir(path)
+    _, enc_kw, pred_kw = _run_config(step_dir)
+    encoder, _ = empty_models(enc_kw, pred_kw)
+    train_state = safe_torch_load(step_dir / STATE_FILE, "train state")
+    return {
+        "target_encoder": _target_state(step_dir, encoder),
+        "encoder_kwargs": enc_kw,
+        "step": int(train_state["step"]),
+        "epoch": int(train_state["epoch"]),
+    }
+
+
 def consolidate_deepspeed(
     path: str | Path, with_optimizer: bool = True, progress: Progress | None = _stderr
 ) -> dict[str, Any]:
@@ -112,11 +146,7 @@ def consolidate_deepspeed(
         progress: called with one line per file read and a tensor counter (None: silent).
     """
     step_dir = resolve_step_dir(path)
-    config_path = step_dir.parent.parent / "config.yaml"
-    if not config_path.is_file():
-        raise ValueError(f"{config_path} not found: the run's config gives the architecture")
-    cfg = load_config(str(config_path))
-    enc_kw, pred_kw = encoder_kwargs_from_config(cfg), predictor_kwargs_from_config(cfg)
+    cfg, enc_kw, pred_kw = _run_config(step_dir)
     encoder, predictor = empty_models(enc_kw, pred_kw)
     names = _reference_names(encoder, predictor)
     weights, state, hyper, saved, stage = read_engine(step_dir, names, with_optimizer, progress)
@@ -124,15 +154,11 @@ def consolidate_deepspeed(
     if stray:
         raise ValueError(f"{step_dir}: weights outside the encoder and predictor: {stray[:5]}")
     train_state = safe_torch_load(step_dir / STATE_FILE, "train state")
-    target = safe_torch_load(step_dir / TARGET_FILE, "target encoder file")
-    if not isinstance(target, Mapping) or not isinstance(target.get("state_dict"), Mapping):
-        raise ValueError(f"{step_dir / TARGET_FILE}: expected a dict with a 'state_dict'")
     where = str(step_dir)
-    target_sd = {k.removeprefix("module."): v.float() for k, v in target["state_dict"].items()}
     return make_consolidated(
         _fill_tables(encoder, "encoder", _split(weights, "encoder"), where),
         _fill_tables(predictor, "predictor", _split(weights, "predictor"), where),
-        _fill_tables(encoder, "encoder", target_sd, str(step_dir / TARGET_FILE)),
+        _target_state(step_dir, encoder),
         enc_kw,
         pred_kw,
         config=config_to_dict(cfg),

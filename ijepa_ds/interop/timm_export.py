@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ijepa_ds.fileio import atomic_save
-from ijepa_ds.interop.consolidated import validate_consolidated
+from ijepa_ds.interop.consolidated import standalone_copier, validate_consolidated
 
 FORMAT = "ijepa_ds.timm_vit"
 SUFFIXES = (".safetensors", ".pt")
@@ -63,11 +63,10 @@ def build_timm_model(kwargs: Mapping[str, Any]) -> nn.Module:
 
 
 def timm_state_dict(encoder_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """timm state dict of an encoder state dict (our key names are timm's; fresh tensors)."""
-    return {
-        k.removeprefix("module."): v.detach().float().contiguous().clone()
-        for k, v in encoder_state.items()
-    }
+    """timm state dict of an encoder state dict (our key names are timm's): fp32 tensors,
+    copied only where safetensors needs it (``standalone_copier``)."""
+    standalone = standalone_copier()
+    return {k.removeprefix("module."): standalone(v.float()) for k, v in encoder_state.items()}
 
 
 def export_timm(consolidated: Mapping[str, Any], path: str | Path) -> Path:
@@ -77,22 +76,30 @@ def export_timm(consolidated: Mapping[str, Any], path: str | Path) -> Path:
     `.pt`: {"format", "state_dict", "timm_kwargs", "step"} (torch.load weights_only=True).
     """
     validate_consolidated(consolidated, "consolidated checkpoint")
+    return export_timm_encoder(
+        consolidated["target_encoder"], consolidated["encoder_kwargs"], consolidated["step"], path
+    )
+
+
+def export_timm_encoder(
+    encoder_state: Mapping[str, torch.Tensor],
+    encoder_kwargs: Mapping[str, Any],
+    step: int,
+    path: str | Path,
+) -> Path:
+    """Write one encoder state dict (the target's) with its constructor kwargs for timm,
+    atomically; ``export_timm`` does this for a consolidated checkpoint."""
     path = Path(path)
     if path.suffix not in SUFFIXES:
         raise ValueError(f"{path}: a timm export ends in {' or '.join(SUFFIXES)}")
-    state = timm_state_dict(consolidated["target_encoder"])
-    kwargs = timm_kwargs(consolidated["encoder_kwargs"])
+    state = timm_state_dict(encoder_state)
+    kwargs = timm_kwargs(encoder_kwargs)
     if path.suffix == ".pt":
-        payload = {
-            "format": FORMAT,
-            "state_dict": state,
-            "timm_kwargs": kwargs,
-            "step": consolidated["step"],
-        }
+        payload = {"format": FORMAT, "state_dict": state, "timm_kwargs": kwargs, "step": step}
         return atomic_save(path, lambda tmp: torch.save(payload, tmp))
     from safetensors.torch import save_file
 
-    meta = {"format": FORMAT, "timm_kwargs": json.dumps(kwargs), "step": str(consolidated["step"])}
+    meta = {"format": FORMAT, "timm_kwargs": json.dumps(kwargs), "step": str(step)}
     return atomic_save(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 

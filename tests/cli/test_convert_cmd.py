@@ -84,9 +84,11 @@ def test_deepspeed_run_and_step_folders(tmp_path, capsys):
     ours = load_consolidated(tmp_path / "run.pt")
     ref = load_reference_checkpoint(tmp_path / "step.pth.tar")
     expected = torch.load(run_dir / "expected.pt", weights_only=True)
+    timm_state, _ = load_timm_export(tmp_path / "timm.pt")
     for key, value in expected["target"].items():
         assert torch.equal(ours["target_encoder"][key], value)
         assert torch.equal(ref.target_encoder[key], value)
+        assert torch.equal(timm_state[key], value)
     assert ours["step"] == 2 and ours["config"]["deepspeed"]["config"] == "zero1"
     assert "student weights:" in capsys.readouterr().err  # progress lines
 

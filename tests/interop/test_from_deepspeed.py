@@ -261,6 +261,22 @@ def test_step_folder_and_run_folder_agree(runs, converted):
     assert torch.equal(got["encoder"]["norm.weight"], converted["1:fp32"]["encoder"]["norm.weight"])
 
 
+@pytest.mark.parametrize("run", ["1:fp32", "3:bf16"])
+def test_target_encoder_alone_reads_no_engine_shard(tmp_path, runs, converted, run):
+    import shutil
+
+    from ijepa_ds.interop.from_deepspeed import deepspeed_target_encoder
+
+    run_dir = shutil.copytree(runs[run], tmp_path / "run")
+    for shard in (run_dir / "checkpoints").rglob("engine/**/*.pt"):
+        shard.write_bytes(b"")  # a consolidation fails on these; a timm export never reads them
+    got, full = deepspeed_target_encoder(run_dir), converted[run]
+    assert (got["step"], got["epoch"]) == (full["step"], full["epoch"])
+    assert got["encoder_kwargs"] == full["encoder_kwargs"]
+    assert list(got["target_encoder"]) == list(full["target_encoder"])
+    assert_same(got["target_encoder"], full["target_encoder"])
+
+
 def test_progress_lines_name_the_files(runs):
     from ijepa_ds.interop.from_deepspeed import consolidate_deepspeed
 
