@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the plan phase imports the package of this checkout
 RESULTS = REPO / "bench" / "results" / "scale_rehearsal.json"
 GIB = 1024.0**3
 
@@ -40,10 +42,12 @@ SAVED_LINE = re.compile(r"saved (\S+) \((\w+)\) in ([\d.]+) s")
 
 
 class TreeSampler:
-    """Peak RSS (bytes) of each process in a tree, sampled every ``period`` seconds."""
+    """Peak RSS and peak anonymous RSS (bytes) of each process in a tree, sampled every
+    ``period`` seconds. Anonymous memory is RSS less its file-backed pages: a memory-mapped
+    checkpoint's pages count in RSS while read, yet they are page cache the kernel can drop."""
 
     def __init__(self, root_pid: int, period: float = 0.5):
-        self.root, self.period, self.peaks = psutil.Process(root_pid), period, {}
+        self.root, self.period, self.peaks, self.anon = psutil.Process(root_pid), period, {}, {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -56,18 +60,23 @@ class TreeSampler:
                 return
             for proc in procs:
                 try:
-                    rss = proc.memory_info().rss
+                    info = proc.memory_info()
                     name = " ".join(proc.cmdline()[1:4])
                 except psutil.Error:
                     continue
-                self.peaks[proc.pid] = max(self.peaks.get(proc.pid, (0, ""))[0], rss), name
+                self.peaks[proc.pid] = max(self.peaks.get(proc.pid, (0, ""))[0], info.rss), name
+                anon = info.rss - info.shared
+                self.anon[proc.pid] = max(self.anon.get(proc.pid, 0), anon)
             time.sleep(self.period)
 
-    def stop(self) -> list[float]:
-        """Peak RSS in GiB of the processes that held more than 256 MiB, largest first."""
+    def stop(self) -> tuple[list[float], list[float]]:
+        """(peak RSS, peak anonymous RSS) in GiB of the processes that held more than 256 MiB,
+        largest first."""
         self._stop.set()
         self._thread.join()
-        return sorted((p / GIB for p, _ in self.peaks.values() if p > 2**28), reverse=True)
+        big = [pid for pid, (p, _) in self.peaks.items() if p > 2**28]
+        rss = sorted((self.peaks[pid][0] / GIB for pid in big), reverse=True)
+        return rss, sorted((self.anon[pid] / GIB for pid in big), reverse=True)
 
 
 def run(cmd: list[str], log: Path) -> dict:
@@ -79,10 +88,13 @@ def run(cmd: list[str], log: Path) -> dict:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         sampler = TreeSampler(proc.pid)
         code = proc.wait()
-    peaks = sampler.stop()
+    peaks, anon = sampler.stop()
     row = {"cmd": " ".join(cmd), "rc": code, "wall_s": time.perf_counter() - start,
-           "peak_rss_gib": peaks, "log": str(log)}  # fmt: skip
-    print(f"  rc {code}, {row['wall_s']:.0f} s, peak RSS {[round(p, 2) for p in peaks]} GiB")
+           "peak_rss_gib": peaks, "peak_anon_gib": anon, "log": str(log)}  # fmt: skip
+    print(
+        f"  rc {code}, {row['wall_s']:.0f} s, peak RSS {[round(p, 2) for p in peaks]} GiB, "
+        f"anonymous {[round(p, 2) for p in anon]} GiB"
+    )
     return row
 
 
@@ -118,7 +130,10 @@ def train(
     extra=(),
     resume=None,
     config: str = "vit_h14_in1k",
+    keep: bool = False,
 ) -> dict:
+    """One training run; its step folders are measured, then removed unless ``keep`` (the
+    source of the resume and conversion phases): real-size checkpoints fill the disk."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", "-m", "ijepa_ds", "train", "--config", config,
            *COMMON, "deepspeed.config=zero3", f"schedule.max_steps={steps}",
@@ -130,6 +145,8 @@ def train(
     row.update(parse_run(root / name, root / f"{name}.log"))
     for save in row["saves"]:
         save["bytes"] = folder_bytes(Path(save["folder"]))
+        if not keep:
+            shutil.rmtree(save["folder"], ignore_errors=True)
     return row
 
 
@@ -137,30 +154,35 @@ def convert(root: Path, src: Path, dst: Path, kind: str, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "ijepa_ds", "convert", "--to", kind, *extra, str(src), str(dst)]
     row = run(cmd, root / f"convert-{dst.name}.log")
     row["bytes"] = folder_bytes(dst)
+    dst.unlink(missing_ok=True)  # measured, not kept: a real-size run's outputs fill the disk
     return row
 
 
-def planned(config: str, world: int, overrides: list[str], gpu_mem: float = 24.0) -> dict:
+def planned(
+    config: str, world: int, overrides: list[str], gpu_mem: float = 24.0, device: str = "cuda"
+) -> dict:
     """``ijepa-ds plan``'s per-rank terms (GiB) for one configuration."""
     from ijepa_ds.config import load_config, validate_config
     from ijepa_ds.perf.plan import plan
 
     cfg = load_config(config, overrides)
     validate_config(cfg, world_size=world)
-    est = plan(cfg, world, gpu_mem).estimate
+    est = plan(cfg, world, gpu_mem, device=device).estimate
     out = {k: v / GIB for k, v in est.as_dict().items()}
     out.update({f"phase_{k}": v / GIB for k, v in est.phase_peaks().items()})
     return out
 
 
 def rehearsal_plans() -> dict:
-    """The planner for each measured configuration (same overrides as the runs)."""
+    """The planner for each measured configuration (same overrides as the runs), for CPU
+    ranks (``--device cpu``): the process and rank 0's target copy at a save count."""
     base = [*COMMON, "deepspeed.config=zero3", *EXTRA]
+    offload = [*base, "deepspeed.offload_optimizer=true"]
     return {
-        "zero3": planned("vit_h14_in1k", 2, base),
-        "zero3_offload": planned("vit_h14_in1k", 2, [*base, "deepspeed.offload_optimizer=true"]),
-        "zero3_1_rank": planned("vit_h14_in1k", 1, base),
-        "vitg_depth4": planned("vit_g16_in22k", 2, [*base, "model.depth=4"]),
+        "zero3": planned("vit_h14_in1k", 2, base, device="cpu"),
+        "zero3_offload": planned("vit_h14_in1k", 2, offload, device="cpu"),
+        "zero3_1_rank": planned("vit_h14_in1k", 1, base, device="cpu"),
+        "vitg_depth4": planned("vit_g16_in22k", 2, [*base, "model.depth=4"], device="cpu"),
     }
 
 
@@ -201,35 +223,35 @@ def main() -> None:
     EXTRA.extend(args.extra)
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
-    phases = args.only.split(",")
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     step2 = root / "zero3" / "checkpoints" / "step_00000002"
-    if "train" in phases:
-        results["train_zero3"] = train(root, "zero3", 3)
-    if "offload" in phases:
-        offload = ["deepspeed.offload_optimizer=true"]
-        results["train_zero3_offload"] = train(root, "zero3_offload", 3, extra=offload)
-    if "resume" in phases:
-        results["resume_2_ranks"] = train(root, "resumed", 3, resume=step2)
-    if "elastic" in phases:
-        results["elastic_1_rank"] = train(root, "elastic", 3, nproc=1, resume=step2)
-    if "convert" in phases:
-        results["convert_consolidated"] = convert(root, step2, root / "h14.pt", "consolidated")
-        results["convert_consolidated_no_opt"] = convert(
-            root, step2, root / "h14-weights.pt", "consolidated", "--no-optimizer"
-        )
-        results["convert_reference"] = convert(root, step2, root / "h14.pth.tar", "reference")
-        results["convert_timm"] = convert(root, step2, root / "h14-timm.safetensors", "timm")
-    if "vitg" in phases:
-        results["vitg_depth4"] = train(
-            root, "vitg", 3, extra=["model.depth=4"], config="vit_g16_in22k"
-        )
-        step = root / "vitg" / "checkpoints" / "step_00000002"
-        results["vitg_convert"] = convert(root, step, root / "g16-timm.safetensors", "timm")
-    if "plan" in phases:
-        results["plans"] = rehearsal_plans()
-        results["vitg_plan_80gb"] = vitg_plan_table()
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    offload = ["deepspeed.offload_optimizer=true"]
+    vitg_step = root / "vitg" / "checkpoints" / "step_00000002"
+    steps = {
+        "train": {"train_zero3": lambda: train(root, "zero3", 3, keep=True)},
+        "offload": {"train_zero3_offload": lambda: train(root, "zero3_offload", 3, extra=offload)},
+        "resume": {"resume_2_ranks": lambda: train(root, "resumed", 3, resume=step2)},
+        "elastic": {"elastic_1_rank": lambda: train(root, "elastic", 3, nproc=1, resume=step2)},
+        "convert": {
+            "convert_consolidated": lambda: convert(root, step2, root / "h14.pt", "consolidated"),
+            "convert_consolidated_no_opt": lambda: convert(
+                root, step2, root / "h14-weights.pt", "consolidated", "--no-optimizer"
+            ),
+            "convert_reference": lambda: convert(root, step2, root / "h14.pth.tar", "reference"),
+            "convert_timm": lambda: convert(root, step2, root / "h14-timm.safetensors", "timm"),
+        },
+        "vitg": {
+            "vitg_depth4": lambda: train(
+                root, "vitg", 3, extra=["model.depth=4"], config="vit_g16_in22k", keep=True
+            ),
+            "vitg_convert": lambda: convert(root, vitg_step, root / "g16-timm.safetensors", "timm"),
+        },
+        "plan": {"plans": rehearsal_plans, "vitg_plan_80gb": vitg_plan_table},
+    }
+    for phase in args.only.split(","):
+        for key, measure in steps[phase].items():
+            results[key] = measure()
+            RESULTS.write_text(json.dumps(results, indent=1) + "\n")  # a later crash loses nothing
     print(f"wrote {RESULTS}")
 
 

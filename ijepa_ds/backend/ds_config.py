@@ -82,6 +82,10 @@ def build_ds_config(cfg, world_size: int) -> dict[str, Any]:
     zero.setdefault("stage", 0)
     if cfg.deepspeed.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+        # The engine is always given a torch AdamW (no DeepSpeed op to build); with offload it
+        # steps the fp32 partitions where they live, in host memory. DeepSpeed refuses a client
+        # optimizer under offload unless told that this is meant.
+        ds["zero_force_ds_cpu_optimizer"] = False
     if cfg.deepspeed.offload_param:
         if zero["stage"] != 3:
             raise ValueError(

@@ -44,7 +44,7 @@ def _handler(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, list(args.overrides) + _shorthand_overrides(args))
     validate_config(cfg, world_size=args.world_size)
     try:
-        result = plan(cfg, args.world_size, args.gpu_mem, args.headroom, name=args.config)
+        result = plan(cfg, args.world_size, args.gpu_mem, args.headroom, args.config, args.device)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     print(format_plan(result), end="")
@@ -71,6 +71,13 @@ def configure_plan(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="checkpoint every k-th encoder and predictor block",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="cpu: plan CPU ranks (--gpu-mem is then each rank's share of RAM); host memory "
+        "is the device there, so the process itself and rank 0's target copy at a save count",
     )
     parser.add_argument(
         "--headroom",

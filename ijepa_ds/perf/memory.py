@@ -16,13 +16,16 @@ prediction stay alive through the step.
 
 The peak is the largest of three moments: end of forward (activations + loss temporaries),
 backward (activations + reduce bucket + recomputed block) and optimizer step (gradients + step
-temporaries), each on top of the persistent states. ``bench/plan_validation.py`` checks every
-term against real 2-rank runs on CPU.
+temporaries), each on top of the persistent states. A save adds, on rank 0, a host-memory copy
+of the full fp32 target (``TargetEncoder.full_state_dict``). On CPU ranks (``device="cpu"``)
+host memory is the device: that copy is a fourth moment, "save", and the process itself
+(Python, torch, DeepSpeed: ``CPU_RUNTIME_BYTES``) is under every moment.
+``bench/plan_validation.py`` checks every term against real 2-rank runs on CPU.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from ijepa_ds.perf.flops import StepShape, TransformerShape
 from ijepa_ds.perf.model_states import (
@@ -43,6 +46,8 @@ __all__ = [
     "DS_MAX_REUSE_DISTANCE",
     "DS_PREFETCH_BUCKET_SIZE",
     "DS_REDUCE_BUCKET_SIZE",
+    "CPU_RUNTIME_BYTES",
+    "DEVICES",
     "GIB",
     "ActivationSettings",
     "EngineSettings",
@@ -59,6 +64,10 @@ __all__ = [
 ]
 
 GIB = 1024.0**3
+# A CPU rank's resident set before any model exists: Python 3.11 with torch 2.14, DeepSpeed 0.19
+# and this package imported, and a gloo group (psutil; bench/results/scale_rehearsal.md).
+CPU_RUNTIME_BYTES = 0.70 * GIB
+DEVICES = ("cuda", "cpu")
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,9 @@ class MemoryEstimate:
     bwd_transient: float
     step_transient: float
     host: float = 0.0
+    save_host: float = 0.0  # rank 0 at a save: the full fp32 target copied to host memory
+    runtime: float = 0.0  # CPU ranks: the process itself (CPU_RUNTIME_BYTES)
+    device: str = "cuda"
 
     @property
     def persistent(self) -> float:
@@ -106,13 +118,18 @@ class MemoryEstimate:
         return self.act_encoder + self.act_predictor + self.act_targets
 
     def phase_peaks(self) -> dict[str, float]:
-        """Modelled live bytes at the end of forward, during backward, at the step."""
+        """Modelled live bytes at the end of forward, during backward, at the step; on CPU
+        ranks also at a save (rank 0), each with the process's own runtime."""
         live = self.persistent + self.gathered + self.activations
-        return {
+        peaks = {
             "forward": live + self.fwd_transient,
             "backward": live + self.bwd_transient,
             "step": self.persistent + self.grads_step + self.step_transient,
         }
+        if self.device == "cpu":
+            peaks["save"] = self.persistent + self.save_host
+            peaks = {phase: value + self.runtime for phase, value in peaks.items()}
+        return peaks
 
     @property
     def peak(self) -> float:
@@ -124,7 +141,7 @@ class MemoryEstimate:
         return max(peaks, key=peaks.get)
 
     def as_dict(self) -> dict[str, float]:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "device"}
         out.update(persistent=self.persistent, model_states=self.model_states)
         out.update(activations=self.activations, peak=self.peak)
         return out
@@ -188,10 +205,19 @@ def activation_bytes(s: StepShape, act: ActivationSettings, lp: int) -> dict[str
 
 
 def estimate_memory(
-    s: StepShape, eng: EngineSettings, act: ActivationSettings, qkv_bias: bool = True
+    s: StepShape,
+    eng: EngineSettings,
+    act: ActivationSettings,
+    qkv_bias: bool = True,
+    device: str = "cuda",
 ) -> MemoryEstimate:
-    """The per-rank memory model of one training step (module docstring)."""
+    """The per-rank memory model of one training step (module docstring); ``device`` "cpu"
+    models CPU ranks, whose host memory is the device."""
+    if device not in DEVICES:
+        raise ValueError(f"device={device!r} must be one of {DEVICES}")
     counts = param_counts(s, qkv_bias)
+    if device == "cpu":  # offloading to host memory moves nothing on a CPU rank
+        eng = replace(eng, offload_optimizer=False, offload_param=False)
     states = model_state_bytes(counts, eng)
     acts = activation_bytes(s, act, eng.lp_bytes)
     acts["fwd_transient"] += states.pop("gather_buffer")
@@ -199,4 +225,7 @@ def estimate_memory(
     # while the encoder's activations are still alive.
     first_grads = eng.lp_bytes * counts.predictor_trainable if eng.zero_stage < 3 else 0.0
     acts["bwd_transient"] += states.pop("bucket") + first_grads
-    return MemoryEstimate(**states, **acts)
+    runtime = CPU_RUNTIME_BYTES if device == "cpu" else 0.0
+    return MemoryEstimate(
+        **states, **acts, save_host=4.0 * counts.target, runtime=runtime, device=device
+    )

@@ -75,14 +75,16 @@ class PlanResult:
         return self.estimate.peak <= self.usable_bytes
 
 
-def _settings(cfg, world_size: int) -> tuple[EngineSettings, ActivationSettings]:
+def _settings(
+    cfg, world_size: int, device: str = "cuda"
+) -> tuple[EngineSettings, ActivationSettings]:
     """Engine knobs from the DeepSpeed config training would resolve, and the batch/switches."""
     from ijepa_ds.backend.ds_config import build_ds_config
 
     eng = EngineSettings.from_ds_config(build_ds_config(cfg, world_size), world_size)
     m = cfg.model
-    # The plan is for GPUs, where attn_impl "auto" always means SDPA.
-    attn_impl = resolve_attn_impl(m.attn_impl, "cuda", torch.bfloat16)
+    # On GPUs attn_impl "auto" always means SDPA.
+    attn_impl = resolve_attn_impl(m.attn_impl, device, torch.bfloat16)
     act = ActivationSettings(
         cfg.data.batch_size, m.act_ckpt_encoder, m.act_ckpt_predictor, attn_impl, m.mask_gather
     )
@@ -111,7 +113,9 @@ REMEDIES = (
 )
 
 
-def _alternatives(cfg, world_size: int, shape: StepShape, usable: float) -> list[tuple[str, float]]:
+def _alternatives(
+    cfg, world_size: int, shape: StepShape, usable: float, device: str
+) -> list[tuple[str, float]]:
     """Overrides that would fit, with their modelled peak (at most four)."""
     candidates = list(REMEDIES)
     batch = cfg.data.batch_size // 2
@@ -120,22 +124,30 @@ def _alternatives(cfg, world_size: int, shape: StepShape, usable: float) -> list
         batch //= 2
     found: list[tuple[str, float]] = []
     for label, sections in candidates:
-        peak = estimate_memory(shape, *_settings(_replace(cfg, **sections), world_size)).peak
+        settings = _settings(_replace(cfg, **sections), world_size, device)
+        peak = estimate_memory(shape, *settings, device=device).peak
         if peak <= usable and all(peak != other for _, other in found):
             found.append((label, peak))
     return found[:4]
 
 
 def plan(
-    cfg, world_size: int, gpu_mem_gib: float, headroom: float = 0.1, name: str = ""
+    cfg,
+    world_size: int,
+    gpu_mem_gib: float,
+    headroom: float = 0.1,
+    name: str = "",
+    device: str = "cuda",
 ) -> PlanResult:
     """Plan ``cfg`` (a validated ``ijepa_ds.config.Config``) on ``world_size`` GPUs.
 
     ``headroom`` is the fraction of the GPU kept free for what the model leaves out (CUDA
-    context, NCCL buffers, allocator fragmentation).
+    context, NCCL buffers, allocator fragmentation). ``device="cpu"`` plans CPU ranks instead
+    (``gpu_mem_gib`` is then each rank's share of RAM): host memory is the device there, so
+    the process itself and rank 0's copy of the target at a save count.
     """
 
-    eng, act = _settings(cfg, world_size)
+    eng, act = _settings(cfg, world_size, device)
     global_batch = resolved_global_batch(cfg.data, world_size)
     shape = shape_from_config(cfg, *expected_tokens(cfg, global_batch))
     m = cfg.model
@@ -144,7 +156,7 @@ def plan(
         shape=shape,
         engine=eng,
         act=act,
-        estimate=estimate_memory(shape, eng, act, m.qkv_bias),
+        estimate=estimate_memory(shape, eng, act, m.qkv_bias, device),
         flops=step_flops(shape, m.act_ckpt_encoder, m.act_ckpt_predictor),
         accumulation=gradient_accumulation_steps(
             dataclasses.replace(cfg.data, batch_size=act.batch), world_size
@@ -154,7 +166,7 @@ def plan(
         ds_estimate=deepspeed_estimate(param_counts(shape, m.qkv_bias), eng),
     )
     if not result.fits:
-        result.alternatives = _alternatives(cfg, world_size, shape, result.usable_bytes)
+        result.alternatives = _alternatives(cfg, world_size, shape, result.usable_bytes, device)
     return result
 
 
@@ -172,6 +184,7 @@ ROWS = (
     ("forward transients", "fwd_transient"),
     ("backward transients", "bwd_transient"),
     ("optimizer-step transients", "step_transient"),
+    ("process runtime (CPU ranks)", "runtime"),
 )
 
 
@@ -186,7 +199,8 @@ def _header(r: PlanResult) -> list[str]:
         f"plan: {r.name or 'config'} | encoder {s.encoder.dim}x{s.encoder.depth} "
         f"(patch {s.patch_size}, N={s.num_patches}), predictor {s.predictor.dim}x"
         f"{s.predictor.depth} | {counts.trainable / 1e6:.1f} M trainable parameters",
-        f"{e.world_size} ranks x batch {a.batch} x accumulation {r.accumulation} | "
+        f"{e.world_size} {r.estimate.device.upper()} ranks x batch {a.batch} x accumulation "
+        f"{r.accumulation} | "
         f"ZeRO-{e.zero_stage} | {e.precision} | attention {a.attn_impl} | act ckpt encoder "
         f"{a.act_ckpt_encoder} / predictor {a.act_ckpt_predictor} | offload optimizer "
         f"{e.offload_optimizer}, params {e.offload_param}",
@@ -207,6 +221,8 @@ def format_plan(r: PlanResult) -> str:
     lines.append("  " + ", ".join(f"{k} {v / GIB:.2f}" for k, v in peaks.items()))
     if r.estimate.host:
         lines.append(f"{'host memory (offloaded)':<34}{_gib(r.estimate.host)}")
+    if r.estimate.device == "cuda" and r.estimate.save_host:
+        lines.append(f"{'host memory at a save (rank 0)':<34}{_gib(r.estimate.save_host)}")
     if r.ds_estimate is not None:
         lines.append(f"DeepSpeed's own model-state estimate (no target): {r.ds_estimate / GIB:.2f}")
     f = r.flops

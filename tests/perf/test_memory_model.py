@@ -166,3 +166,21 @@ def test_engine_settings_read_the_resolved_deepspeed_config():
     assert eng.reduce_bucket_size == 1000
     # with no reuse allowed, ZeRO-3 releases every parameter after its forward
     assert estimate_memory(LARGE, eng, ACT).gathered == 0
+
+
+def test_cpu_ranks_add_the_runtime_and_rank_0s_target_copy_at_a_save():
+    from ijepa_ds.perf.memory import CPU_RUNTIME_BYTES
+
+    eng = EngineSettings(3, 2, "bf16")
+    gpu, cpu = estimate_memory(LARGE, eng, ACT), estimate_memory(LARGE, eng, ACT, device="cpu")
+    full_target = 4.0 * param_counts(LARGE).target
+    assert gpu.save_host == cpu.save_host == full_target  # the whole target, not a shard
+    assert set(gpu.phase_peaks()) == {"forward", "backward", "step"}  # the copy is host memory
+    for phase, value in gpu.phase_peaks().items():
+        assert cpu.phase_peaks()[phase] == pytest.approx(value + CPU_RUNTIME_BYTES)
+    assert cpu.phase_peaks()["save"] == pytest.approx(
+        cpu.persistent + full_target + CPU_RUNTIME_BYTES
+    )
+    assert cpu.peak >= gpu.peak + CPU_RUNTIME_BYTES
+    with pytest.raises(ValueError, match="device='tpu' must be one of"):
+        estimate_memory(LARGE, eng, ACT, device="tpu")

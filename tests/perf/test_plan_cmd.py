@@ -23,7 +23,7 @@ def run_plan(capsys, *argv: str) -> tuple[int, str]:
 def test_vit_h14_recipe_fits_on_16_80gb_gpus(capsys):
     code, out = run_plan(capsys, "--config", "vit_h14_in1k", "--world-size=16", "--gpu-mem=80")
     assert code == 0
-    assert "16 ranks x batch 128 x accumulation 1 | ZeRO-1 | bf16" in out
+    assert "16 CUDA ranks x batch 128 x accumulation 1 | ZeRO-1 | bf16" in out
     for row in ("parameters", "Adam moments", "EMA target encoder", "activations: predictor"):
         assert row in out
     assert "FITS: modelled peak" in out
@@ -47,7 +47,7 @@ def test_overrides_and_shorthands_reach_the_model(capsys):
         "--gpu-mem", "24", "--batch", "32", "--act-ckpt", "2", "--image-size", "192",
     )  # fmt: skip
     assert code == 0
-    assert "8 ranks x batch 32 x accumulation 4" in out
+    assert "8 CUDA ranks x batch 32 x accumulation 4" in out
     assert "act ckpt encoder 2 / predictor 2" in out
     assert "N=144" in out  # (192 / 16)^2 patches
 
@@ -101,3 +101,13 @@ def test_planner_reads_the_buckets_of_the_deepspeed_json(tmp_path, stage):
         assert shipped.estimate.gathered == lp * 50_000_000
         assert default.estimate.gathered == lp * 500_000_000
         assert shipped.estimate.grad_buffers < default.estimate.grad_buffers
+
+
+def test_cpu_plan_names_the_runtime_and_the_save(capsys):
+    argv = ("--config", "vit_h14_in1k", "--world-size=2", "--gpu-mem=12", "--zero-stage=3")
+    _, gpu = run_plan(capsys, *argv, "--act-ckpt=1", "--batch=1")
+    code, cpu = run_plan(capsys, *argv, "--act-ckpt=1", "--batch=1", "--device=cpu")
+    assert "2 CUDA ranks" in gpu and "host memory at a save (rank 0)" in gpu
+    assert "2 CPU ranks" in cpu and "process runtime (CPU ranks)" in cpu
+    assert "save " in cpu.split("peak (")[1]  # the save is one of the CPU phases
+    assert code in (0, 1)

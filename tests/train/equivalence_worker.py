@@ -116,6 +116,33 @@ def reference_run(trainer, cfg, wd_schedule=True, momentum_shift=0) -> dict:
     }
 
 
+def _states(trainer) -> dict[str, dict[str, torch.Tensor]]:
+    """Full fp32 weights of the student's encoder and predictor and of the target."""
+    return {
+        "encoder": _gathered(trainer.engine.module.encoder),
+        "predictor": _gathered(trainer.engine.module.predictor),
+        "target": _gathered(trainer.target.module),
+    }
+
+
+def offload_run(env, reference: dict | None) -> dict:
+    """ZeRO 1 and 3 with ``deepspeed.offload_optimizer=true`` (fp32) against the torch
+    reference (rank 0 compares)."""
+    out = {}
+    for stage in (1, 3):
+        extra = [f"deepspeed.config=zero{stage}", "deepspeed.offload_optimizer=true"]
+        cfg = load_config("fmnist_tiny", OVERRIDES + extra)
+        trainer = build_trainer(cfg, env, build_ds_config(cfg, env.world_size))
+        entry = {"losses": train_loop(trainer, start_step=0)}
+        got = _states(trainer)  # a collective under ZeRO-3: every rank gathers
+        if env.rank == 0:
+            entry["good"] = max_diff(reference, got)
+        out[stage] = entry
+        del trainer
+        dist.barrier()
+    return out
+
+
 def max_diff(a: dict, b: dict) -> float:
     return max((a[part][n] - b[part][n]).abs().max().item() for part in a for n in a[part])
 
@@ -128,11 +155,7 @@ def policy_run(env, extra: list[str]) -> dict:
         cfg = load_config("fmnist_tiny", OVERRIDES + extra + [f"deepspeed.config=zero{stage}"])
         trainer = build_trainer(cfg, env, build_ds_config(cfg, env.world_size))
         losses = train_loop(trainer, start_step=0)
-        got = {
-            "encoder": _gathered(trainer.engine.module.encoder),
-            "predictor": _gathered(trainer.engine.module.predictor),
-            "target": _gathered(trainer.target.module),
-        }
+        got = _states(trainer)
         masks_enc, _ = trainer.mask_sampler(list(range(cfg.data.batch_size)))
         entry = {"losses": losses, "padded": bool((masks_enc[0] < 0).any())}
         if env.rank == 0:
@@ -153,11 +176,7 @@ def main(out_path: str) -> None:
         cfg = load_config("fmnist_tiny", OVERRIDES + [f"deepspeed.config=zero{stage}"])
         trainer = build_trainer(cfg, env, build_ds_config(cfg, env.world_size))
         losses = train_loop(trainer, start_step=0)
-        got = {
-            "encoder": _gathered(trainer.engine.module.encoder),
-            "predictor": _gathered(trainer.engine.module.predictor),
-            "target": _gathered(trainer.target.module),
-        }
+        got = _states(trainer)
         entry = {"losses": losses, "accumulation": trainer.accumulation}
         if stage == 3:
             full = sum(p.ds_numel for p in trainer.target.module.parameters())
@@ -171,6 +190,7 @@ def main(out_path: str) -> None:
         results["stages"][stage] = entry
         del trainer
         dist.barrier()
+    results["offload"] = offload_run(env, refs.get("good"))
     results["policies"] = {name: policy_run(env, extra) for name, extra in POLICIES.items()}
     for stage in (0, 1, 2, 3):
         cfg = load_config(

@@ -36,6 +36,13 @@ def test_tolerance_has_teeth(results, stage):
     assert entry["ema_off_by_one"] > 2 * TOL
 
 
+@pytest.mark.parametrize("stage", ["1", "3"])
+def test_optimizer_offload_matches_single_process_torch(results, stage):
+    entry = results["offload"][stage]
+    assert entry["good"] <= TOL, f"ZeRO {stage} + offload drifted by {entry['good']}"
+    assert entry["losses"] == pytest.approx(results["stages"]["0"]["losses"], abs=1e-6)
+
+
 def test_all_stages_give_the_same_losses(results):
     reference = results["stages"]["0"]["losses"]
     assert len(reference) == 3 and reference[-1] < reference[0]
