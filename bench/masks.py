@@ -32,9 +32,9 @@ MICRO_BATCH = 128
 WARMUP = 10
 
 
-def time_sampler(compat: str, grid, global_batch: int, repeats: int, cached: bool) -> dict:
+def time_sampler(kind: str, grid, global_batch: int, repeats: int, cached: bool) -> dict:
     """Seconds per micro-batch call (median, p90) and the mean K_enc / K_pred it returned."""
-    sampler = build_mask_sampler(compat, grid_size=grid, global_batch_size=global_batch, seed=0)
+    sampler = build_mask_sampler(kind, grid_size=grid, global_batch_size=global_batch, seed=0)
     ranks = global_batch // MICRO_BATCH
     times, k_enc, k_pred, full = [], [], [], []
     for i in range(WARMUP + repeats):
@@ -91,14 +91,14 @@ def main() -> None:
         "mean context |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    cases = [("ijepa_ds", False), ("ijepa_ds", True), ("reference", False)]
+    cases = [("step_seeded", False), ("step_seeded", True), ("reference", False)]
     for grid_name, grid in GRIDS.items():
         for global_batch in GLOBAL_BATCHES:
-            for compat, cached in cases:
+            for kind, cached in cases:
                 if cached and global_batch == MICRO_BATCH:
                     continue  # one micro-batch per step: nothing to reuse
-                r = time_sampler(compat, grid, global_batch, args.repeats, cached)
-                label = compat + (" (step cached)" if cached else "")
+                r = time_sampler(kind, grid, global_batch, args.repeats, cached)
+                label = kind + (" (step cached)" if cached else "")
                 rows.append(
                     f"| {grid_name} | {global_batch} | {label} | {r['median_ms']:.2f} | "
                     f"{r['p90_ms']:.2f} | {r['k_enc']:.1f} | {r['k_pred']:.1f} | {r['kept']} |"

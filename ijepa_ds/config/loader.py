@@ -13,6 +13,7 @@ import importlib.resources
 import json
 import re
 import typing
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -143,12 +144,43 @@ def _coerce_tuple(path: str, value: Any, tp: Any) -> tuple:
     return tuple(_coerce(f"{path}[{i}]", v, t) for i, (v, t) in enumerate(zip(value, types)))
 
 
+# Renamed keys: old dotted path -> (new path, old value -> new value). YAML and overrides that
+# use the old name still load, with a FutureWarning that says what to write instead.
+RENAMED_KEYS: dict[str, tuple[str, dict[str, str]]] = {
+    "mask.compat": ("mask.sampler", {"ijepa_ds": "step_seeded", "reference": "reference"}),
+}
+
+
+def _renamed(path: str, value: Any, siblings: Mapping[str, Any]) -> tuple[str, Any]:
+    """(new leaf key, new value) for the deprecated key ``path`` holding ``value``."""
+    new_path, values = RENAMED_KEYS[path]
+    new_key = new_path.rpartition(".")[2]
+    if new_key in siblings:
+        raise ConfigError(f"{path} and {new_path} are both set: {path} is the old name of "
+                          f"{new_path}; keep {new_path} only")  # fmt: skip
+    if value not in values:
+        raise ConfigError(
+            f"{path}={value!r} must be one of {', '.join(map(repr, values))} ({path} is the "
+            f"deprecated name of {new_path}, whose choices are "
+            f"{', '.join(map(repr, values.values()))})"
+        )
+    warnings.warn(
+        f"{path} is deprecated; write {new_path}={values[value]} instead of {path}={value}",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return new_key, values[value]
+
+
 def config_from_dict(data: Mapping[str, Any], cls: type = Config, prefix: str = "") -> Any:
     """A `cls` instance from a (partial) nested mapping; missing keys keep their defaults."""
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
+        if path in RENAMED_KEYS:
+            key, value = _renamed(path, value, data)
+            path = f"{prefix}{key}"
         if key not in hints:
             raise ConfigError(_unknown_key_message(path))
         tp = hints[key]
@@ -165,6 +197,8 @@ def config_from_dict(data: Mapping[str, Any], cls: type = Config, prefix: str = 
 
 def _schema_type(path: str) -> Any:
     """Schema type at a dotted path (a section class or a leaf type)."""
+    if path in RENAMED_KEYS:
+        return str  # translated by config_from_dict, which checks the value
     tp: Any = Config
     for i, part in enumerate(path.split(".")):
         hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else {}
@@ -225,6 +259,9 @@ def load_config(name_or_path: str | None = None, overrides: Sequence[str] = ()) 
     raw = {} if name_or_path is None else read_config_source(name_or_path)
     for item in overrides:
         path, value = parse_override(item)
+        if path in RENAMED_KEYS:  # an old name on the command line overrides the new one
+            key, value = _renamed(path, value, {})
+            path = f"{path.rpartition('.')[0]}.{key}"
         _merge(raw, path.split("."), value)
     return config_from_dict(raw)
 

@@ -61,8 +61,11 @@ class DataConfig:
 
 @dataclass
 class MaskConfig:
-    compat: Literal["ijepa_ds", "reference"] = _f(
-        "ijepa_ds", "Mask sampler: this project's, or the reference code's exact behaviour."
+    sampler: Literal["step_seeded", "reference"] = _f(
+        "step_seeded",
+        "Mask sampler: 'step_seeded' draws every mask from (seed, step, sample position), the "
+        "same on any world size; 'reference' replays the reference code's sampler, defects "
+        "included, for ablations. (Was mask.compat: ijepa_ds -> step_seeded.)",
     )
     num_enc_masks: int = _f(1, "Context blocks per image.")
     num_pred_masks: int = _f(4, "Target blocks per image (M in the paper).")
@@ -82,7 +85,7 @@ class MaskConfig:
         "'group_min' to the shortest of its group of mask.group_size consecutive samples of "
         "the step; 'keep_all' cuts nothing and pads to the micro-batch's longest (padded "
         "tokens are masked out of attention and loss). Masks never depend on the world size. "
-        "Ignored by mask.compat=reference, which cuts every list per micro-batch.",
+        "Ignored by mask.sampler=reference, which cuts every list per micro-batch.",
     )
     group_size: int = _f(
         128,

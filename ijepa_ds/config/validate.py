@@ -206,7 +206,7 @@ def _check_heads(cfg: Config) -> list[str]:
 
 
 def check_mask_settings(
-    compat: str,
+    sampler: str,
     grid_h: int,
     grid_w: int,
     enc_scale: tuple[float, float],
@@ -218,13 +218,13 @@ def check_mask_settings(
     allow_overlap: bool,
 ) -> list[str]:
     """Feasibility of mask settings on a grid_h x grid_w patch grid, by the exact rules of the
-    sampler that ``mask.compat`` selects (the samplers' own validators, so the config accepts
+    sampler that ``mask.sampler`` selects (the samplers' own validators, so the config accepts
     exactly what the sampler can draw in bounded time). Returns messages; empty when feasible.
     """
     from ijepa_ds.masks.geometry import validate_mask_settings
 
     try:
-        if compat == "reference":
+        if sampler == "reference":
             from ijepa_ds.masks.reference import validate_reference_settings
 
             validate_reference_settings(
@@ -269,7 +269,7 @@ def check_mask_groups(cfg: Config, world_size: int | None) -> list[str]:
     a group size below the global batch must divide it. The global batch is known when
     ``data.global_batch_size`` is set, or from ``world_size``; a larger group is the step."""
     m = cfg.mask
-    if m.compat != "ijepa_ds" or m.context_policy != "group_min":
+    if m.sampler != "step_seeded" or m.context_policy != "group_min":
         return []
     if not cfg.data.global_batch_size and world_size is None:
         return []
@@ -314,7 +314,7 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
         m = cfg.mask
         grid = cfg.data.crop_size // cfg.model.patch_size
         errors += check_mask_settings(
-            m.compat, grid, grid, m.enc_mask_scale, m.pred_mask_scale, m.aspect_ratio,
+            m.sampler, grid, grid, m.enc_mask_scale, m.pred_mask_scale, m.aspect_ratio,
             m.num_enc_masks, m.num_pred_masks, m.min_keep, m.allow_overlap,
         )  # fmt: skip
     if world_size is not None and not errors:

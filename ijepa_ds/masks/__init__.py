@@ -1,6 +1,6 @@
 """I-JEPA multi-block masking: samplers, the DataLoader collator and TensorBoard overlays.
 
-``build_mask_sampler("ijepa_ds", ...)`` gives the fixed sampler (``MultiBlockMaskSampler``);
+``build_mask_sampler("step_seeded", ...)`` gives the fixed sampler (``MultiBlockMaskSampler``);
 ``build_mask_sampler("reference", ...)`` the reference-compatible one, for ablations.
 """
 
@@ -12,16 +12,16 @@ from ijepa_ds.masks.multiblock import MultiBlockMaskSampler
 from ijepa_ds.masks.overlay import render_mask_grid, render_mask_overlay, save_png
 from ijepa_ds.masks.reference import ReferenceMaskSampler
 
-MASK_COMPAT = {"ijepa_ds": MultiBlockMaskSampler, "reference": ReferenceMaskSampler}
+MASK_SAMPLERS = {"step_seeded": MultiBlockMaskSampler, "reference": ReferenceMaskSampler}
 
 
-def build_mask_sampler(compat: str, **kwargs) -> MultiBlockMaskSampler | ReferenceMaskSampler:
-    """Sampler for ``mask.compat`` (``"ijepa_ds"`` or ``"reference"``); ``kwargs`` go to its
-    constructor (grid_size, global_batch_size, seed, scales, counts, min_keep, allow_overlap;
-    context_policy and group_size for ``"ijepa_ds"`` only)."""
-    if compat not in MASK_COMPAT:
-        raise ValueError(f"mask.compat={compat!r} must be one of {sorted(MASK_COMPAT)}")
-    return MASK_COMPAT[compat](**kwargs)
+def build_mask_sampler(sampler: str, **kwargs) -> MultiBlockMaskSampler | ReferenceMaskSampler:
+    """Sampler for ``mask.sampler`` (``"step_seeded"`` or ``"reference"``); ``kwargs`` go to
+    its constructor (grid_size, global_batch_size, seed, scales, counts, min_keep,
+    allow_overlap; context_policy and group_size for ``"step_seeded"`` only)."""
+    if sampler not in MASK_SAMPLERS:
+        raise ValueError(f"mask.sampler={sampler!r} must be one of {sorted(MASK_SAMPLERS)}")
+    return MASK_SAMPLERS[sampler](**kwargs)
 
 
 def build_mask_sampler_from_config(cfg, global_batch_size: int, seed: int | None = None):
@@ -32,10 +32,10 @@ def build_mask_sampler_from_config(cfg, global_batch_size: int, seed: int | None
     m = cfg.mask
     # The reference sampler cuts per micro-batch whatever the policy (mask.context_policy doc).
     policy = {}
-    if m.compat == "ijepa_ds":
+    if m.sampler == "step_seeded":
         policy = {"context_policy": m.context_policy, "group_size": m.group_size}
     return build_mask_sampler(
-        m.compat,
+        m.sampler,
         grid_size=(grid, grid),
         global_batch_size=global_batch_size,
         seed=cfg.seed if seed is None else seed,
@@ -51,7 +51,7 @@ def build_mask_sampler_from_config(cfg, global_batch_size: int, seed: int | None
 
 
 __all__ = [
-    "MASK_COMPAT",
+    "MASK_SAMPLERS",
     "MaskCollator",
     "MultiBlockMaskSampler",
     "ReferenceMaskSampler",

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ijepa_ds.masks.base import BlockMaskSampler
 from ijepa_ds.masks.geometry import (
     block_corner,
     block_count,
@@ -118,44 +119,26 @@ class StepLayout:
     num_fallback: int  # samples that needed the fallback placement
 
 
-class MultiBlockMaskSampler:
-    """Context/target masks for micro-batches of global sample positions (see module doc)."""
+class MultiBlockMaskSampler(BlockMaskSampler):
+    """Context/target masks for micro-batches of global sample positions (see module doc).
 
-    def __init__(
-        self,
-        grid_size: tuple[int, int],
-        global_batch_size: int,
-        seed: int,
-        enc_mask_scale: tuple[float, float] = (0.85, 1.0),
-        pred_mask_scale: tuple[float, float] = (0.15, 0.2),
-        aspect_ratio: tuple[float, float] = (0.75, 1.5),
-        nenc: int = 1,
-        npred: int = 4,
-        min_keep: int = 10,
-        allow_overlap: bool = False,
-        context_policy: str = "group_min",
-        group_size: int = 128,
-    ) -> None:
-        self.grid_h, self.grid_w = (int(v) for v in grid_size)
-        validate_mask_settings(
-            self.grid_h, self.grid_w, enc_mask_scale, pred_mask_scale, aspect_ratio,
-            nenc, npred, min_keep, allow_overlap,
-        )  # fmt: skip
-        if int(global_batch_size) != global_batch_size or global_batch_size < 1:
-            raise ValueError(f"global_batch_size={global_batch_size!r} must be an integer >= 1")
-        self.global_batch_size = int(global_batch_size)
-        self.seed = int(seed)
-        self.enc_mask_scale = tuple(float(v) for v in enc_mask_scale)
-        self.pred_mask_scale = tuple(float(v) for v in pred_mask_scale)
-        self.aspect_ratio = tuple(float(v) for v in aspect_ratio)
-        self.nenc, self.npred = int(nenc), int(npred)
-        self.min_keep = int(min_keep)
-        self.allow_overlap = bool(allow_overlap)
+    Construction as ``BlockMaskSampler`` (grid, global batch, seed, block settings), plus
+    ``context_policy`` and ``group_size`` (``mask.context_policy``, ``mask.group_size``).
+    """
+
+    def __init__(self, *args, context_policy: str = "group_min", group_size: int = 128, **kw):
+        super().__init__(*args, **kw)
         self.context_policy = context_policy
         self.group_size = check_group_size(context_policy, group_size, self.global_batch_size)
         # Last step's layout: a pure function of the step, so caching it cannot drift; it saves
         # recomputing the whole step for the next micro-batch of the same step.
         self._cached: StepLayout | None = None
+
+    def _validate(self, enc_scale, pred_scale, aspect_ratio, nenc, npred, min_keep, overlap):
+        validate_mask_settings(
+            self.grid_h, self.grid_w, enc_scale, pred_scale, aspect_ratio,
+            nenc, npred, min_keep, overlap,
+        )  # fmt: skip
 
     def block_sizes(self, step: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """((h, w) of the target blocks, (h, w) of the context block) for optimizer ``step``."""

@@ -1,4 +1,4 @@
-"""Reference-compatible masks (``mask.compat=reference``), for ablations against the published
+"""Reference-compatible masks (``mask.sampler=reference``), for ablations against the published
 I-JEPA sampler. It keeps that sampler's behaviour, defects included:
 
 - block sizes per batch from ``torch.Generator().manual_seed(seed + step)``, one ``torch.rand``
@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ijepa_ds.masks.base import BlockMaskSampler
 from ijepa_ds.masks.geometry import check_basic_settings, reachable_block_dims
 
 _RELAX_AFTER = 20  # failed context draws before one target exclusion is dropped (reference)
@@ -56,12 +57,12 @@ def validate_reference_settings(
     """Reject settings on which the reference sampler could loop forever (``ValueError``)."""
     check_basic_settings(grid_h, grid_w, enc_scale, pred_scale, aspect_ratio, nenc, npred, min_keep)
     if grid_h < 2 or grid_w < 2:
-        raise ValueError(f"grid_size=({grid_h}, {grid_w}): mask.compat=reference needs >= 2x2")
+        raise ValueError(f"grid_size=({grid_h}, {grid_w}): mask.sampler=reference needs >= 2x2")
     caps = {"max_h": grid_h - 1, "max_w": grid_w - 1, "min_side": 0}
     ph, pw = reachable_block_dims(grid_h, grid_w, pred_scale, aspect_ratio, **caps)[0]
     if ph * pw <= min_keep:
         raise ValueError(
-            f"mask.min_keep={min_keep}: with mask.compat=reference a target block must hold MORE "
+            f"mask.min_keep={min_keep}: with mask.sampler=reference a target block must hold MORE "
             f"than min_keep patches, but mask.pred_mask_scale={tuple(pred_scale)} and "
             f"mask.aspect_ratio={tuple(aspect_ratio)} can give {ph}x{pw} = {ph * pw} on the "
             f"{grid_h}x{grid_w} grid (the reference sampler would loop forever)"
@@ -92,37 +93,14 @@ def _context_indices(rng, allowed: np.ndarray, hw: tuple[int, int], min_keep: in
             tries, failures = tries + 1, 0
 
 
-class ReferenceMaskSampler:
-    """Reference-compatible sampler; same construction and call as ``MultiBlockMaskSampler``."""
+class ReferenceMaskSampler(BlockMaskSampler):
+    """Reference-compatible sampler; same construction and call as ``MultiBlockMaskSampler``
+    (without ``context_policy``/``group_size``: it always cuts per micro-batch)."""
 
-    def __init__(
-        self,
-        grid_size: tuple[int, int],
-        global_batch_size: int,
-        seed: int,
-        enc_mask_scale: tuple[float, float] = (0.85, 1.0),
-        pred_mask_scale: tuple[float, float] = (0.15, 0.2),
-        aspect_ratio: tuple[float, float] = (0.75, 1.5),
-        nenc: int = 1,
-        npred: int = 4,
-        min_keep: int = 10,
-        allow_overlap: bool = False,
-    ) -> None:
-        self.grid_h, self.grid_w = (int(v) for v in grid_size)
+    def _validate(self, enc_scale, pred_scale, aspect_ratio, nenc, npred, min_keep, overlap):
         validate_reference_settings(
-            self.grid_h, self.grid_w, enc_mask_scale, pred_mask_scale, aspect_ratio,
-            nenc, npred, min_keep,
-        )  # fmt: skip
-        if int(global_batch_size) != global_batch_size or global_batch_size < 1:
-            raise ValueError(f"global_batch_size={global_batch_size!r} must be an integer >= 1")
-        self.global_batch_size = int(global_batch_size)
-        self.seed = int(seed)
-        self.enc_mask_scale = tuple(float(v) for v in enc_mask_scale)
-        self.pred_mask_scale = tuple(float(v) for v in pred_mask_scale)
-        self.aspect_ratio = tuple(float(v) for v in aspect_ratio)
-        self.nenc, self.npred = int(nenc), int(npred)
-        self.min_keep = int(min_keep)
-        self.allow_overlap = bool(allow_overlap)
+            self.grid_h, self.grid_w, enc_scale, pred_scale, aspect_ratio, nenc, npred, min_keep
+        )
 
     def block_sizes(self, step: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """((h, w) of the targets, (h, w) of the context) for ``step``, the reference way."""

@@ -71,12 +71,14 @@ _PIXEL = torch.zeros(1, 1, 1)  # stand-in image: the statistics need the masks o
 
 
 def mask_stats(cfg, world_size: int, step: int = 0) -> MaskStats:
-    """Statistics of ``step`` on ``world_size`` ranks (``mask.compat=ijepa_ds`` only: the
+    """Statistics of ``step`` on ``world_size`` ranks (``mask.sampler=step_seeded`` only: the
     reference sampler does not expose its drawn context sizes)."""
     from ijepa_ds.masks import build_mask_sampler_from_config
 
-    if cfg.mask.compat != "ijepa_ds":
-        raise ValueError(f"mask.compat={cfg.mask.compat!r}: masks stats needs mask.compat=ijepa_ds")
+    if cfg.mask.sampler != "step_seeded":
+        raise ValueError(
+            f"mask.sampler={cfg.mask.sampler!r}: masks stats needs mask.sampler=step_seeded"
+        )
     global_batch = resolved_global_batch(cfg.data, world_size)
     sampler = build_mask_sampler_from_config(cfg, global_batch)
     layout = sampler.step_layout(step)

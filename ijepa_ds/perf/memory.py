@@ -25,7 +25,7 @@ host memory is the device: that copy is a fourth moment, "save", and the process
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 from ijepa_ds.perf.flops import StepShape, TransformerShape
 from ijepa_ds.perf.model_states import (
@@ -126,9 +126,9 @@ class MemoryEstimate:
             "backward": live + self.bwd_transient,
             "step": self.persistent + self.grads_step + self.step_transient,
         }
-        if self.device == "cpu":
+        if self.device == "cpu":  # host memory is the device: offloaded states count too
             peaks["save"] = self.persistent + self.save_host
-            peaks = {phase: value + self.runtime for phase, value in peaks.items()}
+            peaks = {phase: value + self.runtime + self.host for phase, value in peaks.items()}
         return peaks
 
     @property
@@ -216,8 +216,6 @@ def estimate_memory(
     if device not in DEVICES:
         raise ValueError(f"device={device!r} must be one of {DEVICES}")
     counts = param_counts(s, qkv_bias)
-    if device == "cpu":  # offloading to host memory moves nothing on a CPU rank
-        eng = replace(eng, offload_optimizer=False, offload_param=False)
     states = model_state_bytes(counts, eng)
     acts = activation_bytes(s, act, eng.lp_bytes)
     acts["fwd_transient"] += states.pop("gather_buffer")

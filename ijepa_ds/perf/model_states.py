@@ -167,7 +167,11 @@ def model_state_bytes(counts: ParamCounts, eng: EngineSettings) -> dict[str, flo
         # AdamW's two temporaries exist for one sub-group only.
         out["step_transient"] = 3 * 4.0 * min(p / w, eng.sub_group_size)
     if eng.offload_optimizer and stage >= 1:
-        out["host"] += out["master"] + out["moments"] + out["step_transient"]
+        # The host optimizer steps on fp32 gradients: the partition's whole fp32 gradient
+        # copy lives in host memory beside the masters (measured at ViT-H/14 on CPU ranks:
+        # +1.2 GiB per rank = 4 bytes x trainable / world; bench/results/scale_rehearsal.md).
+        host_grads = 4.0 * p / shard
+        out["host"] += out["master"] + out["moments"] + host_grads + out["step_transient"]
         out["master"] = out["moments"] = out["step_transient"] = 0.0
     if eng.offload_param and stage == 3:
         out["host"] += out["params"]

@@ -104,8 +104,8 @@ def test_table_before_the_json_and_errors(capsys):
     code, lines = _run(capsys, "--config", "fmnist_tiny", "--table", *SMALL)
     assert code == 0 and lines[0].split() == ["policy", "group_min"]
     assert json.loads(lines[-1])["padding_fraction"] >= 0 and len(lines) > 5
-    assert main(["masks", "stats", "--config", "fmnist_tiny", "mask.compat=reference"]) == 2
-    assert "needs mask.compat=ijepa_ds" in capsys.readouterr().err
+    assert main(["masks", "stats", "--config", "fmnist_tiny", "mask.sampler=reference"]) == 2
+    assert "needs mask.sampler=step_seeded" in capsys.readouterr().err
     assert main(["masks", "stats", "--config", "fmnist_tiny", "--world-size=3"]) == 2
     assert "world size 3" in capsys.readouterr().err
 

@@ -9,6 +9,7 @@ import yaml
 
 from ijepa_ds.config import (
     Config,
+    ConfigError,
     config_from_dict,
     config_hash,
     config_to_dict,
@@ -200,3 +201,21 @@ def test_config_hash_is_stable_and_sensitive():
 
 
 pytestmark = pytest.mark.fast  # in-process: part of `python -m pytest -m fast`
+
+
+def test_renamed_mask_compat_still_loads_with_a_deprecation_message(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("mask:\n  compat: ijepa_ds\n")
+    with pytest.warns(FutureWarning, match=r"write mask\.sampler=step_seeded"):
+        assert load_config(str(path)).mask.sampler == "step_seeded"
+    with pytest.warns(FutureWarning, match=r"mask\.compat is deprecated"):
+        assert load_config("fmnist_tiny", ["mask.compat=reference"]).mask.sampler == "reference"
+
+
+def test_renamed_key_rejects_unknown_values_and_both_names_at_once(tmp_path):
+    with pytest.raises(ConfigError, match=r"mask\.compat='official' must be one of 'ijepa_ds'"):
+        load_config(None, ["mask.compat=official"])
+    path = tmp_path / "both.yaml"
+    path.write_text("mask:\n  compat: reference\n  sampler: step_seeded\n")
+    with pytest.raises(ConfigError, match=r"mask\.compat and mask\.sampler are both set"):
+        load_config(str(path))

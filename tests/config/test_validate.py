@@ -27,7 +27,7 @@ INVALID = [
      "must be one of ['auto', 'sdpa', 'eager']"),
     (["loss.kind=smooth_l2"], "loss.kind='smooth_l2'", "did you mean 'smooth_l1'?"),
     (["optim.precision=fp16"], "optim.precision='fp16'", "must be one of ['bf16', 'fp32']"),
-    (["mask.compat=official"], "mask.compat='official'", "must be one of"),
+    (["mask.sampler=official"], "mask.sampler='official'", "must be one of"),
     (["model.name=vit_mega"], "model.name='vit_mega'", "must be one of"),
     (["mask.pred_mask_scale=[0.3, 0.2]"], "mask.pred_mask_scale=(0.3, 0.2)", "min <= max"),
     (["mask.enc_mask_scale=[0.0, 1.0]"], "mask.enc_mask_scale=(0.0, 1.0)", "0 < min"),
@@ -170,7 +170,7 @@ def test_mask_groups_must_tile_the_step():
     pattern = r"mask\.group_size=256.*global batch 384 \(data\.batch_size=128 x world size 3\)"
     with pytest.raises(ValueError, match=pattern):
         validate_config(cfg, world_size=3)
-    for other in ("mask.context_policy=keep_all", "mask.compat=reference"):
+    for other in ("mask.context_policy=keep_all", "mask.sampler=reference"):
         validate_config(load_config(None, ["mask.group_size=256", other]), world_size=3)
     assert Config().mask.context_policy == "group_min" and Config().mask.group_size == 128
 
@@ -204,13 +204,12 @@ def test_validate_paths_per_dataset(tmp_path):
 def test_mask_settings_on_small_grids():
     ref = dict(enc_scale=(0.85, 1.0), pred_scale=(0.15, 0.2), aspect_ratio=(0.75, 1.5), nenc=1)
     # 7x7 with min_keep 4 (the fmnist_tiny preset) is feasible for both samplers.
-    assert (
-        check_mask_settings("ijepa_ds", 7, 7, npred=4, min_keep=4, allow_overlap=False, **ref) == []
-    )
+    ours = dict(npred=4, allow_overlap=False, **ref)
+    assert check_mask_settings("step_seeded", 7, 7, min_keep=4, **ours) == []
     # 4x4 grid at the reference min_keep 10: the reference sampler would loop forever.
-    for compat in ("ijepa_ds", "reference"):
-        errors = check_mask_settings(compat, 4, 4, npred=4, min_keep=10, allow_overlap=False, **ref)
-        assert len(errors) == 1 and "mask.min_keep=10" in errors[0], compat
+    for sampler in ("step_seeded", "reference"):
+        errors = check_mask_settings(sampler, 4, 4, min_keep=10, **ours)
+        assert len(errors) == 1 and "mask.min_keep=10" in errors[0], sampler
 
 
 @pytest.mark.parametrize("impl", ["torch", "deepspeed", "fairscale"])

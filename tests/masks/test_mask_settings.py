@@ -60,20 +60,20 @@ def test_overlap_allowed_needs_no_room_for_targets_in_the_context():
     _validate(enc_scale=(0.2, 0.2), allow_overlap=True)
 
 
-@pytest.mark.parametrize("compat", ["ijepa_ds", "reference"])
-def test_samplers_validate_at_construction(compat):
+@pytest.mark.parametrize("kind", ["step_seeded", "reference"])
+def test_samplers_validate_at_construction(kind):
     with pytest.raises(ValueError, match=r"mask\.min_keep"):
-        build_mask_sampler(compat, grid_size=(7, 7), global_batch_size=8, seed=0)
+        build_mask_sampler(kind, grid_size=(7, 7), global_batch_size=8, seed=0)
     with pytest.raises(ValueError, match="global_batch_size"):
-        build_mask_sampler(compat, grid_size=(16, 16), global_batch_size=0, seed=0)
+        build_mask_sampler(kind, grid_size=(16, 16), global_batch_size=0, seed=0)
 
 
-def test_factory_picks_the_sampler_and_rejects_unknown_compat():
+def test_factory_picks_the_sampler_and_rejects_unknown_kind():
     kw = dict(grid_size=(14, 14), global_batch_size=8, seed=1, npred=3)
-    assert isinstance(build_mask_sampler("ijepa_ds", **kw), MultiBlockMaskSampler)
+    assert isinstance(build_mask_sampler("step_seeded", **kw), MultiBlockMaskSampler)
     sampler = build_mask_sampler("reference", **kw)
     assert isinstance(sampler, ReferenceMaskSampler) and sampler.npred == 3
-    with pytest.raises(ValueError, match=r"mask\.compat='official'"):
+    with pytest.raises(ValueError, match=r"mask\.sampler='official'"):
         build_mask_sampler("official", **kw)
 
 

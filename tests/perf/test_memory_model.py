@@ -133,8 +133,17 @@ def test_offload_moves_optimizer_state_and_params_to_host():
     base = _estimate(3)
     off = _estimate(3, offload_optimizer=True, offload_param=True)
     assert off.master == off.moments == off.params == 0
-    assert off.host == pytest.approx(base.master + base.moments + base.step_transient + base.params)
+    fp32_grads = base.master  # the fp32 gradient partition the host optimizer steps on
+    assert off.host == pytest.approx(
+        base.master + base.moments + fp32_grads + base.step_transient + base.params
+    )
     assert off.peak < base.peak
+    # On CPU ranks host memory is the device: offloading saves nothing, it costs the copy.
+    eng = EngineSettings(3, 2, "bf16")
+    plain = estimate_memory(LARGE, eng, ACT, device="cpu")
+    offload = dataclasses.replace(eng, offload_optimizer=True)
+    off = estimate_memory(LARGE, offload, ACT, device="cpu")
+    assert off.phase_peaks()["save"] == pytest.approx(plain.phase_peaks()["save"] + plain.master)
 
 
 def test_deepspeed_estimator_is_used_where_it_applies():
