@@ -3,8 +3,10 @@ the block-shape ranges, validated once by the subclass's own rules."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 
-class BlockMaskSampler:
+
+class BlockMaskSampler(ABC):
     """Common construction of ``MultiBlockMaskSampler`` and ``ReferenceMaskSampler``.
 
     grid_size: (H, W) patches; global_batch_size: samples per optimizer step; seed: the run's
@@ -42,6 +44,6 @@ class BlockMaskSampler:
         self.min_keep = int(min_keep)
         self.allow_overlap = bool(allow_overlap)
 
+    @abstractmethod
     def _validate(self, enc_scale, pred_scale, aspect_ratio, nenc, npred, min_keep, overlap):
         """Raise ``ValueError`` when the sampler cannot draw these settings in bounded time."""
-        raise NotImplementedError

@@ -100,8 +100,12 @@ class MemoryEstimate:
     step_transient: float
     host: float = 0.0
     save_host: float = 0.0  # rank 0 at a save: the full fp32 target copied to host memory
-    runtime: float = 0.0  # CPU ranks: the process itself (CPU_RUNTIME_BYTES)
     device: str = "cuda"
+
+    @property
+    def runtime(self) -> float:
+        """The process itself on a CPU rank (``CPU_RUNTIME_BYTES``); nothing on a GPU."""
+        return CPU_RUNTIME_BYTES if self.device == "cpu" else 0.0
 
     @property
     def persistent(self) -> float:
@@ -143,7 +147,7 @@ class MemoryEstimate:
     def as_dict(self) -> dict[str, float]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "device"}
         out.update(persistent=self.persistent, model_states=self.model_states)
-        out.update(activations=self.activations, peak=self.peak)
+        out.update(activations=self.activations, runtime=self.runtime, peak=self.peak)
         return out
 
 
@@ -223,7 +227,4 @@ def estimate_memory(
     # while the encoder's activations are still alive.
     first_grads = eng.lp_bytes * counts.predictor_trainable if eng.zero_stage < 3 else 0.0
     acts["bwd_transient"] += states.pop("bucket") + first_grads
-    runtime = CPU_RUNTIME_BYTES if device == "cpu" else 0.0
-    return MemoryEstimate(
-        **states, **acts, save_host=4.0 * counts.target, runtime=runtime, device=device
-    )
+    return MemoryEstimate(**states, **acts, save_host=4.0 * counts.target, device=device)
