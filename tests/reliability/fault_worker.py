@@ -30,6 +30,7 @@ import torch
 from ijepa_ds.backend.comm import shutdown_distributed
 from ijepa_ds.checkpoint import saver
 from ijepa_ds.data import loader as data_loader
+from ijepa_ds.fileio import atomic_write_bytes
 from ijepa_ds.train import loop
 from ijepa_ds.train import main as train_main
 from ijepa_ds.train.args import TrainArgs
@@ -116,8 +117,8 @@ def main(out_prefix: str, run_root: str, run_name: str, fault: str, resume: str,
         result = train_main.run_training(args)
     except Exception as err:  # noqa: BLE001 - the test inspects the message
         result = {"error": f"{type(err).__name__}: {err}"}
-    with open(f"{out_prefix}.rank{rank}.json", "w") as f:
-        json.dump(result, f)
+    # Atomic: torchrun may kill a surviving rank while it writes; a half file is never read.
+    atomic_write_bytes(f"{out_prefix}.rank{rank}.json", json.dumps(result).encode())
     if "error" in result:
         sys.exit(1)
 
