@@ -34,6 +34,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ijepa_ds.data.fashion_mnist import FashionMNIST  # noqa: E402
+from ijepa_ds.eval.features import pool_features  # noqa: E402
 from ijepa_ds.loss import jepa_loss, make_targets  # noqa: E402
 from ijepa_ds.masks.multiblock import MultiBlockMaskSampler  # noqa: E402
 from ijepa_ds.models.predictor import build_predictor  # noqa: E402
@@ -69,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ntrain", type=int, default=10000, help="train images for the probes")
     p.add_argument("--student", action="store_true", help="evaluate the student too")
     p.add_argument("--init-only", action="store_true", help="evaluate the init encoder only")
+    p.add_argument("--pixels", action="store_true", help="evaluate raw pixels only")
+    p.add_argument("--pools", nargs="+", default=["avg", "last4"], choices=["avg", "last4"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="")
@@ -105,11 +108,11 @@ def random_resized_crop(x: torch.Tensor, size: int, scale, g: torch.Generator) -
 
 
 @torch.no_grad()
-def pooled_features(model, x: torch.Tensor, size: int) -> torch.Tensor:
-    """[N, 1, 28, 28] -> [N, D] average-pooled last-layer features."""
+def pooled_features(model, x: torch.Tensor, size: int, pool: str = "avg") -> torch.Tensor:
+    """[N, 1, 28, 28] -> [N, D] ("avg") or [N, 4 D] ("last4"), as ``ijepa-ds eval`` pools."""
     model.eval()
     chunks = [x[i : i + 1000] for i in range(0, len(x), 1000)]
-    return torch.cat([model(normalize(chunk, size)).mean(1) for chunk in chunks])
+    return torch.cat([pool_features(model, normalize(chunk, size), pool) for chunk in chunks])
 
 
 def _logistic_regression(ftr, ytr, fte, yte, l2: float) -> float:
@@ -141,11 +144,27 @@ def probe_and_knn(ftr, ytr, fte, yte) -> tuple[float, float]:
     return best, (votes.argmax(1) == yte).float().mean().item() * 100
 
 
-def evaluate(model, data, a) -> tuple[float, float]:
+def train_subset(data, a) -> torch.Tensor:
+    return torch.randperm(len(data[0][0]), generator=torch.Generator().manual_seed(1))[: a.ntrain]
+
+
+def evaluate(model, data, a) -> dict[str, tuple[float, float]]:
+    """pool -> (probe top-1, kNN top-1) for each of ``a.pools``."""
     (xtr, ytr), (xte, yte) = data
-    idx = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(1))[: a.ntrain]
-    ftr, fte = pooled_features(model, xtr[idx], a.size), pooled_features(model, xte, a.size)
-    return probe_and_knn(ftr, ytr[idx], fte, yte)
+    idx = train_subset(data, a)
+    out = {}
+    for pool in a.pools:
+        ftr = pooled_features(model, xtr[idx], a.size, pool)
+        out[pool] = probe_and_knn(ftr, ytr[idx], pooled_features(model, xte, a.size, pool), yte)
+    return out
+
+
+def evaluate_pixels(data, a) -> tuple[float, float]:
+    """The same probe and kNN on flattened normalised pixels [N, 784]: the bar to beat."""
+    (xtr, ytr), (xte, yte) = data
+    idx = train_subset(data, a)
+    flat = [normalize(x, 28).flatten(1) for x in (xtr[idx], xte)]
+    return probe_and_knn(flat[0], ytr[idx], flat[1], yte)
 
 
 def schedules(a, step: int, warm: int) -> tuple[float, float, float]:
@@ -223,6 +242,9 @@ def main(argv=None) -> int:
     def log(record: dict) -> None:
         print(json.dumps(record), flush=True)
 
+    if a.pixels:
+        log({"tag": a.tag or "pixels", "pixels": evaluate_pixels(data, a)})
+        return 0
     if a.init_only:
         log({"tag": a.tag or "init", "init": evaluate(tgt, data, a), "args": vars(a)})
         return 0
