@@ -59,7 +59,10 @@ def run_logged(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
-def pretrain(out: Path, steps: int, epochs: int) -> tuple[Path, float, list[str]]:
+def pretrain(
+    out: Path, steps: int, epochs: int, extra: list[str] = ()
+) -> tuple[Path, float, list[str]]:
+    """``extra``: further KEY=VALUE overrides of ``fmnist_tiny`` (applied last)."""
     overrides = [
         f"logging.output_dir={out}",
         f"logging.run_name={RUN_NAME}",
@@ -70,6 +73,7 @@ def pretrain(out: Path, steps: int, epochs: int) -> tuple[Path, float, list[str]
         "logging.tensorboard=false",
         "logging.image_every=0",
         "logging.log_every=20",
+        *extra,
     ]
     cmd = torchrun("-m", "ijepa_ds", "train", "--config", "fmnist_tiny", *overrides)
     seconds = run_logged(cmd, out / "pretrain.log")
@@ -136,20 +140,24 @@ PROBE_NAMES = {"linear": "config sweep", **{sweep.key: sweep.name for sweep in S
 PROBE_KEYS = tuple(PROBE_NAMES)
 
 
-def eval_cli(action: str, source: Path, log: Path, extra: list[str] = (), out: str = "eval"):
-    """``ijepa-ds eval ACTION SOURCE --out SOURCE/out`` on 2 ranks, features cached in
-    ``SOURCE/eval/features``; returns (the report's first result row, command)."""
-    flags = ["--out", str(source / out), "--cache-dir", str(source / "eval" / "features")]
+def eval_cli(
+    action: str, source: Path, log: Path, pool: str, extra: list[str] = (), out: str = "eval"
+):
+    """``ijepa-ds eval ACTION SOURCE --pool POOL --out SOURCE/out-POOL`` on 2 ranks, features
+    cached in ``SOURCE/eval/features`` (keyed by pool); returns (the report's first result row,
+    command)."""
+    flags = ["--pool", pool, "--out", str(source / f"{out}-{pool}")]
+    flags += ["--cache-dir", str(source / "eval" / "features")]
     cmd = torchrun(
         str(Path(__file__).resolve()), "--as-cli", "eval", action, str(source), *flags, *extra
     )
     run_logged(cmd, log)
-    report = json.loads((source / out / f"{action}.json").read_text())
+    report = json.loads((source / f"{out}-{pool}" / f"{action}.json").read_text())
     return report["results"][0], cmd
 
 
-def raw_pixel_row(eval_cfg) -> dict:
-    """Both probe sweeps and kNN on flattened normalised pixels [N, 784]."""
+def raw_pixel_row(eval_cfg, sweeps: tuple[Sweep, ...] = SWEEPS) -> dict:
+    """The config's probe sweep, ``sweeps`` and kNN on flattened normalised pixels [N, 784]."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -174,8 +182,9 @@ def raw_pixel_row(eval_cfg) -> dict:
         epochs=eval_cfg.linear_epochs,
         val_every=eval_cfg.val_every_epochs,
     )
-    row = {"features": "raw pixels (784)", "linear": linear_probe(*sets, probe).to_dict()}
-    for sweep in SWEEPS:
+    row = {"features": "raw pixels (784)", "kind": "pixels", "pool": "-"}
+    row["linear"] = linear_probe(*sets, probe).to_dict()
+    for sweep in sweeps:
         config = ProbeConfig(lrs=sweep.lrs, wds=(0.0,), epochs=sweep.epochs, val_every=5)
         row[sweep.key] = linear_probe(*sets, config).to_dict()
     row["knn"] = knn_classify(*sets, eval_cfg.knn_k, eval_cfg.knn_temperature).to_dict()
@@ -214,7 +223,10 @@ def write_report(path: Path, rows: list[dict], budget: dict, commands: list[str]
         f"{budget['epochs']} epoch(s); pretraining wall time {budget['pretrain_s']:.0f} s "
         f"({budget['pretrain_note']}), final loss {budget['final_loss']}.",
         "",
-        "Evaluation: target encoder, average pool of the last layer (192-d); eval transform = "
+        "Evaluation: target encoder; features: `avg` = average pool of the last layer (192-d), "
+        "`grid2` = the last layer averaged over each quarter of the 7x7 patch grid (adaptive "
+        "2x2 pool, 4 x 192 = 768-d, about as wide as the 784 raw pixels), `last4` = the last 4 "
+        "layers' averages (768-d); eval transform = "
         "the whole 28x28 image, normalised. Linear probe: BatchNorm (no affine) + linear head, "
         "SGD momentum 0.9, batch 256, cosine lr, 10 epochs, lr x wd sweep "
         f"{budget['lrs']} x {budget['wds']} chosen on a 10% validation split of train, retrained "
@@ -239,15 +251,16 @@ def write_report(path: Path, rows: list[dict], budget: dict, commands: list[str]
         cells.append(f"{row['knn']['top1']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    for key, name in PROBE_NAMES.items():
-        gain = rows[0][key]["test_top1"] - rows[1][key]["test_top1"]
-        lines.append(
-            f"Pretrained minus initialisation, linear probe ({name}): {gain:+.2f} "
-            "points (goal: >= +5).  "
-        )
-    knn_gain = rows[0]["knn"]["top1"] - rows[1]["knn"]["top1"]
+    pixels = rows[-1]
+    for row in (r for r in rows if r["kind"] == "pretrained"):
+        init = next(r for r in rows if r["kind"] == "init" and r["pool"] == row["pool"])
+        for key, name in (*PROBE_NAMES.items(), ("knn", "kNN")):
+            mine, at_init, raw = (top1(r, key) for r in (row, init, pixels))
+            lines.append(
+                f"`{row['pool']}`, {name}: pretrained {mine:.2f}, {mine - at_init:+.2f} vs init, "
+                f"{mine - raw:+.2f} vs raw pixels.  "
+            )
     lines += [
-        f"Pretrained minus initialisation, kNN: {knn_gain:+.2f} points.",
         "",
         "Commands run by the benchmark:",
         "",
@@ -255,6 +268,11 @@ def write_report(path: Path, rows: list[dict], budget: dict, commands: list[str]
     lines += [f"    {c}" for c in commands]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
+
+
+def top1(row: dict, key: str) -> float:
+    """Test top-1 (%) of one probe ("linear", a sweep key or "knn") in a result row."""
+    return row[key]["top1"] if key == "knn" else row[key]["test_top1"]
 
 
 def final_loss(run_dir: Path) -> str:
@@ -270,6 +288,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/ijepa_quality"))
     parser.add_argument("--report", type=Path, default=REPO / "bench/results/quality.md")
     parser.add_argument("--skip-pretrain", action="store_true", help="reuse <out>/pretrained")
+    parser.add_argument(
+        "--pools",
+        nargs="+",
+        default=["avg", "grid2"],
+        choices=("avg", "last4", "grid2"),
+        help="feature pools evaluated for both encoders",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="further fmnist_tiny overrides for pretraining (e.g. mask.context_policy=keep_all)",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     from ijepa_ds.config import load_config
@@ -278,26 +310,37 @@ def main(argv: list[str] | None = None) -> int:
     run_dir, record = args.out / RUN_NAME, args.out / "pretrain.json"
     if not args.skip_pretrain:
         shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir, seconds, cmd = pretrain(args.out, args.steps, args.epochs)
+        run_dir, seconds, cmd = pretrain(args.out, args.steps, args.epochs, args.set)
         record.write_text(json.dumps({"seconds": seconds, "command": " ".join(cmd)}) + "\n")
     pretrained = json.loads(record.read_text())  # --skip-pretrain: what the pretraining recorded
     init_dir = write_init_run(run_dir, args.out / INIT_NAME)
     cfg = load_config(str(run_dir / "config.yaml"))
     rows, commands = [], [pretrained["command"]]
-    for label, source in (("I-JEPA target encoder", run_dir), ("same encoder at init", init_dir)):
-        log = args.out / source.name
-        row = {"features": f"{label} (avg pool, 192)"}
-        row["linear"], cmd = eval_cli("linear", source, log.with_suffix(".linear.log"))
-        commands.append(" ".join(cmd))
-        for sweep in SWEEPS:
-            folder = sweep.key.replace("linear", "eval")  # eval_ext, eval_wide
-            row[sweep.key], cmd = eval_cli(
-                "linear", source, log.with_suffix(f".{sweep.key}.log"), sweep.cli_args(), folder
-            )
+    encoders = (
+        ("pretrained", "I-JEPA target encoder", run_dir),
+        ("init", "same encoder at init", init_dir),
+    )
+    for pool in args.pools:
+        for kind, label, source in encoders:
+            width = 192 if pool == "avg" else 768
+            row = {"features": f"{label} ({pool}, {width})", "kind": kind, "pool": pool}
+            log = args.out / f"{source.name}.{pool}"
+            row["linear"], cmd = eval_cli("linear", source, log.with_suffix(".linear.log"), pool)
             commands.append(" ".join(cmd))
-        row["knn"], cmd = eval_cli("knn", source, log.with_suffix(".knn.log"))
-        commands.append(" ".join(cmd))
-        rows.append(row)
+            for sweep in SWEEPS:
+                folder = sweep.key.replace("linear", "eval")  # eval_ext, eval_wide
+                row[sweep.key], cmd = eval_cli(
+                    "linear",
+                    source,
+                    log.with_suffix(f".{sweep.key}.log"),
+                    pool,
+                    sweep.cli_args(),
+                    folder,
+                )
+                commands.append(" ".join(cmd))
+            row["knn"], cmd = eval_cli("knn", source, log.with_suffix(".knn.log"), pool)
+            commands.append(" ".join(cmd))
+            rows.append(row)
     rows.append(raw_pixel_row(cfg.eval))
     budget = {
         "command": "python -m bench.quality " + " ".join(argv or sys.argv[1:]),

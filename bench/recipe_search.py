@@ -34,7 +34,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ijepa_ds.data.fashion_mnist import FashionMNIST  # noqa: E402
-from ijepa_ds.eval.features import pool_features  # noqa: E402
+from ijepa_ds.eval.features import POOLS, pool_features  # noqa: E402
 from ijepa_ds.loss import jepa_loss, make_targets  # noqa: E402
 from ijepa_ds.masks.multiblock import MultiBlockMaskSampler  # noqa: E402
 from ijepa_ds.models.predictor import build_predictor  # noqa: E402
@@ -71,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--student", action="store_true", help="evaluate the student too")
     p.add_argument("--init-only", action="store_true", help="evaluate the init encoder only")
     p.add_argument("--pixels", action="store_true", help="evaluate raw pixels only")
-    p.add_argument("--pools", nargs="+", default=["avg", "last4"], choices=["avg", "last4"])
+    p.add_argument("--pools", nargs="+", default=["avg", "last4"], choices=list(POOLS))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="")

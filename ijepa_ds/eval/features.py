@@ -9,6 +9,10 @@ Pools (the paper's two linear-probe inputs, no [cls] token in I-JEPA):
   width 4 D. Applying the final norm to every intermediate output is what DINO's linear
   evaluation (``get_intermediate_layers``, ``n_last_blocks=4``) does; the I-JEPA paper reuses
   that protocol. As a consequence the last D columns of "last4" equal "avg".
+- ``"grid2"``: the last layer's output (after ``encoder.norm``) averaged over each quarter of the
+  patch grid (adaptive 2x2 average pool over the h x w patches), concatenated row-major, width
+  4 D. It keeps the coarse layout that "avg" throws away: on small, centred images (Fashion-MNIST)
+  the layout is much of what separates the classes, and raw pixels keep all of it.
 
 Extraction runs the encoder in eval mode under ``torch.no_grad()``. When a
 ``torch.distributed`` process group is initialised (``torchrun``), rank r encodes the r-th
@@ -33,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ijepa_ds.fileio import atomic_torch_save
 from ijepa_ds.models import VisionTransformer
 
-POOLS = ("avg", "last4")
+POOLS = ("avg", "last4", "grid2")
 CACHE_FORMAT = 1
 
 
@@ -41,7 +45,8 @@ CACHE_FORMAT = 1
 class FeatureSet:
     """Features of one dataset split, in dataset order.
 
-    features: [N, F] float32 on CPU (F = D for "avg", 4 D for "last4"); labels: [N] int64.
+    features: [N, F] float32 on CPU (F = D for "avg", 4 D for "last4" and "grid2"); labels: [N]
+    int64.
     """
 
     features: torch.Tensor
@@ -58,10 +63,13 @@ def check_pool(pool: str) -> str:
 
 
 def pool_features(encoder: VisionTransformer, imgs: torch.Tensor, pool: str) -> torch.Tensor:
-    """imgs: [B, C, H, W] -> [B, D] ("avg") or [B, 4 D] ("last4"); see the module docstring."""
+    """imgs: [B, C, H, W] -> [B, D] ("avg") or [B, 4 D] ("last4", "grid2"); see the module
+    docstring."""
     check_pool(pool)
     if pool == "avg":
         return encoder(imgs).mean(dim=1)
+    if pool == "grid2":
+        return _grid_pool(encoder(imgs), imgs.shape[-2:], encoder, side=2)
     if len(encoder.blocks) < 4:
         raise ValueError(
             f"pool 'last4' needs an encoder with >= 4 blocks, got {len(encoder.blocks)}"
@@ -79,6 +87,22 @@ def pool_features(encoder: VisionTransformer, imgs: torch.Tensor, pool: str) -> 
         for handle in handles:
             handle.remove()
     return torch.cat([encoder.norm(out).mean(dim=1) for out in outputs], dim=-1)
+
+
+def _grid_pool(
+    tokens: torch.Tensor, image_hw: torch.Size, encoder: VisionTransformer, side: int
+) -> torch.Tensor:
+    """tokens: [B, h w, D] in row-major patch order -> [B, side * side * D]."""
+    patch = encoder.patch_embed.patch_size
+    h, w = image_hw[0] // patch, image_hw[1] // patch
+    if h * w != tokens.shape[1] or min(h, w) < side:
+        raise ValueError(
+            f"pool 'grid{side}' needs a full patch grid of at least {side}x{side}; got "
+            f"{tokens.shape[1]} tokens for a {h}x{w} grid"
+        )
+    grid = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+    pooled = nn.functional.adaptive_avg_pool2d(grid, side)  # [B, D, side, side]
+    return pooled.permute(0, 2, 3, 1).flatten(1)
 
 
 def _shard_indices(n: int) -> tuple[list[int], int]:

@@ -10,6 +10,7 @@ import pytest
 from ijepa_ds.cli.eval_cmd import ACTIONS, configure_eval, eval_args_from
 from ijepa_ds.eval.args import ACTIONS as EVAL_ACTIONS
 from ijepa_ds.eval.args import EvalArgs
+from ijepa_ds.eval.features import POOLS
 
 pytestmark = pytest.mark.fast
 
@@ -22,6 +23,14 @@ def _parse(*argv: str) -> EvalArgs:
 
 def test_the_cli_offers_exactly_the_actions_eval_runs():
     assert tuple(ACTIONS) == EVAL_ACTIONS
+
+
+def test_the_cli_offers_exactly_the_pools_features_implements():
+    parser = argparse.ArgumentParser()
+    configure_eval(parser)
+    linear = parser._subparsers._group_actions[0].choices["linear"]
+    pool = next(a for a in linear._actions if a.dest == "pool")
+    assert tuple(pool.choices) == POOLS
 
 
 @pytest.mark.parametrize("action", EVAL_ACTIONS)

@@ -73,6 +73,22 @@ def test_last4_concatenates_the_normed_pools_of_the_last_four_blocks():
     assert not torch.allclose(out[:, :32], avg, atol=1e-3)
 
 
+def test_grid2_averages_each_quarter_of_the_patch_grid_row_major():
+    enc, data = tiny_encoder(), tiny_dataset()
+    out = extract_features(enc, data, "grid2", batch_size=5).features
+    with torch.no_grad():
+        tokens = enc(data.tensors[0]).reshape(12, 4, 4, 32)  # 16 px / patch 4 = 4x4 grid
+    quarters = [tokens[:, r : r + 2, c : c + 2].mean(dim=(1, 2)) for r in (0, 2) for c in (0, 2)]
+    assert out.shape == (12, 4 * 32)
+    torch.testing.assert_close(out, torch.cat(quarters, dim=-1), atol=1e-5, rtol=1e-5)
+
+
+def test_grid2_rejects_a_grid_smaller_than_two_patches():
+    enc = VisionTransformer(img_size=4, patch_size=4, in_chans=1, embed_dim=8, depth=1, num_heads=1)
+    with pytest.raises(ValueError, match="at least 2x2"):
+        pool_features(enc.eval(), torch.zeros(1, 1, 4, 4), "grid2")
+
+
 def test_last4_needs_four_blocks_and_unknown_pools_are_rejected():
     imgs = torch.zeros(2, 1, 16, 16)
     with pytest.raises(ValueError, match=">= 4 blocks"):
