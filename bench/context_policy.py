@@ -11,11 +11,12 @@ Run from the repository root (writes ``bench/results/context_policy.md``)::
 2. One fp32 train step (target forward, student forward, loss, backward, AdamW; the trainer's
    ``compute_loss``) of ViT-Tiny/16 at 224, batch 32, one process, under each policy, rounds
    interleaved (every variant sees the same step's masks in a round). group_min uses groups of
-   8 (four groups per micro-batch), timed both ways: padded (what training does: one forward
-   with key-padding masks) and split (one student forward per group at its exact width, here
-   only). Memory: the bytes of
-   the tensors autograd saves for the backward (activations, counted once per storage), an
-   exact per-variant number; the process's peak RSS is given once for the whole run.
+   8 (four groups per micro-batch). The padded policies run both as one forward padded to the
+   micro-batch's longest (``model.context_chunks=1``) and in length-sorted chunks
+   (``IJEPAStudent``'s chunked forward, what training runs with ``model.context_chunks=n``).
+   Memory: the bytes of the tensors autograd saves for the backward (activations, counted once
+   per storage), an exact per-variant number; the process's peak RSS is given once for the
+   whole run.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from bench import common
 from ijepa_ds.config import load_config
 from ijepa_ds.masks import build_mask_sampler_from_config
 from ijepa_ds.models.from_config import build_encoder_from_config, build_predictor_from_config
+from ijepa_ds.models.tokens import length_chunks
 from ijepa_ds.perf.mask_stats import mask_stats
 from ijepa_ds.train.step import compute_loss
 from ijepa_ds.train.student import IJEPAStudent
@@ -49,6 +51,7 @@ VIT_TI16 = [
     "optim.precision=fp32",
 ]  # fmt: skip
 STEP_GROUP = 8  # group_min's group in the step benchmark: 4 groups per micro-batch of 32
+CHUNKS = (2, 4, 8)  # model.context_chunks timed for keep_all (group_min: 4, one per group)
 
 
 def stats_overrides(policy: str, world_size: int) -> list[str]:
@@ -107,27 +110,6 @@ class SavedBytes:
         return sum(self.storages.values()) / 2**20
 
 
-def group_runs(masks: list[torch.Tensor], size: int) -> list[tuple[slice, int]]:
-    """Consecutive groups of ``size`` rows and each group's real context width."""
-    rows = masks[0].shape[0]
-    return [
-        (slice(g, g + size), max(int((m[g : g + size] >= 0).sum(dim=1).max()) for m in masks))
-        for g in range(0, rows, size)
-    ]
-
-
-def split_forward(student: IJEPAStudent, imgs, masks_enc, masks_pred) -> torch.Tensor:
-    """The student run once per group at the group's width, predictions merged back into the
-    batch's block-major row order [blocks * B, K_pred, D]."""
-    outs = []
-    for rows, width in group_runs(masks_enc, STEP_GROUP):
-        enc = [m[rows, :width] for m in masks_enc]
-        outs.append(student(imgs[rows], enc, [m[rows] for m in masks_pred]))
-    blocks = len(masks_enc) * len(masks_pred)
-    k, d = outs[0].shape[1:]
-    return torch.cat([o.reshape(blocks, -1, k, d) for o in outs], dim=1).reshape(-1, k, d)
-
-
 class StepBench:
     """One model, optimizer and target shared by all variants; masks per policy and step."""
 
@@ -137,6 +119,11 @@ class StepBench:
         self.student = IJEPAStudent(
             build_encoder_from_config(self.cfg), build_predictor_from_config(self.cfg)
         )
+        # The same modules and optimizer, run in length chunks (model.context_chunks = n).
+        self.chunked = {
+            n: IJEPAStudent(self.student.encoder, self.student.predictor, context_chunks=n)
+            for n in CHUNKS
+        }
         self.target = copy.deepcopy(self.student.encoder).requires_grad_(False)
         self.opt = torch.optim.AdamW(self.student.parameters(), lr=1e-5)
         self.imgs = torch.randn(32, 3, 224, 224)
@@ -150,10 +137,10 @@ class StepBench:
     def masks(self, policy: str):
         return self.samplers[policy](np.arange(self.step * 32, (self.step + 1) * 32))
 
-    def run(self, name: str, policy: str, split: bool = False) -> None:
-        """One train step under ``policy``; ``split``: one student forward per group."""
+    def run(self, name: str, policy: str, chunks: int = 1) -> None:
+        """One train step under ``policy``, the student in ``chunks`` length chunks."""
         masks_enc, masks_pred = self.masks(policy)
-        engine = self.split_forward if split else self.student
+        engine = self.chunked[chunks] if chunks > 1 else self.student
         self.opt.zero_grad(set_to_none=True)
         with SavedBytes() as saved:
             loss, _ = compute_loss(engine, self.target, self.imgs, masks_enc, masks_pred,
@@ -161,21 +148,25 @@ class StepBench:
         loss.backward()
         self.opt.step()
         real = int((masks_enc[0] >= 0).sum()) / 32
+        width = sum(len(idx) * w for idx, w in length_chunks(masks_enc, chunks)) / 32
         self.saved.setdefault(name, []).append(saved.mib)
-        self.tokens.setdefault(name, []).append((real, real if split else masks_enc[0].shape[1]))
-
-    def split_forward(self, imgs, masks_enc, masks_pred) -> torch.Tensor:
-        return split_forward(self.student, imgs, masks_enc, masks_pred)
+        self.tokens.setdefault(name, []).append((real, width))
 
 
 def step_table(repeats: int, warmup: int) -> str:
     bench = StepBench()
     variants = {
         "global_min": lambda: bench.run("global_min", "global_min"),
-        "group_min (padded)": lambda: bench.run("group_min (padded)", "group_min"),
-        "group_min (split)": lambda: bench.run("group_min (split)", "group_min", split=True),
-        "keep_all": lambda: bench.run("keep_all", "keep_all"),
-    }
+        "group_min (1 padded forward)": lambda: bench.run("group_min (1 padded forward)",
+                                                          "group_min"),
+        "group_min (4 chunks)": lambda: bench.run("group_min (4 chunks)", "group_min", 4),
+        "keep_all (1 padded forward)": lambda: bench.run("keep_all (1 padded forward)",
+                                                         "keep_all"),
+    }  # fmt: skip
+    for n in CHUNKS:
+        variants[f"keep_all ({n} chunks)"] = lambda n=n: bench.run(
+            f"keep_all ({n} chunks)", "keep_all", n
+        )
 
     def advance() -> None:  # a new optimizer step (new masks) for each round
         bench.step += 1

@@ -120,6 +120,14 @@ class ModelConfig:
     mask_gather: Literal["index", "copy"] = _f(
         "index", "Token gather: expanded-view index, or the reference's copied index (baseline)."
     )
+    context_chunks: int = _f(
+        4,
+        "Where context masks can be padded (mask.context_policy keep_all, or group_min with "
+        "micro-batches spanning groups): sort the micro-batch by context length and run the "
+        "encoder and predictor in this many chunks, each padded to its own longest (fewer "
+        "padded tokens; under ZeRO-3 each chunk gathers the parameters again). 1 = one "
+        "forward padded to the micro-batch's longest.",
+    )
     pred_depth: int = _f(6, "Predictor blocks.")
     pred_emb_dim: int = _f(384, "Predictor width.")
     pred_num_heads: int = _f(0, "Predictor attention heads; 0 = the encoder's (as upstream).")

@@ -79,6 +79,7 @@ _RULES: list[Rule] = [
     ("model.drop_path_rate", lambda v, c: 0 <= v < 1, "must lie in [0, 1)"),
     ("model.norm_eps", lambda v, c: v > 0, "must be > 0"),
     ("model.init_std", lambda v, c: v > 0, "must be > 0"),
+    ("model.context_chunks", lambda v, c: v >= 1, "must be >= 1 (1 = one padded forward)"),
     ("model.pred_depth", lambda v, c: v >= 1, "must be >= 1"),
     ("model.pred_emb_dim", lambda v, c: v >= 1, "must be >= 1"),
     ("model.pred_num_heads", lambda v, c: v >= 0, "must be >= 0 (0 = encoder heads)"),

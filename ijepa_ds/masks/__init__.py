@@ -50,8 +50,26 @@ def build_mask_sampler_from_config(cfg, global_batch_size: int, seed: int | None
     )
 
 
+def context_may_pad(cfg) -> bool:
+    """Whether some micro-batch of ``cfg`` can get context masks of unequal real lengths
+    (padded with -1): under ``keep_all`` always; under ``group_min`` when a micro-batch of
+    ``data.batch_size`` can span two groups of ``mask.group_size`` (a group that is the whole
+    step, or micro-batches that tile the groups, never pad); never otherwise. A function of the
+    config alone, so every rank answers the same."""
+    m = cfg.mask
+    if m.sampler != "step_seeded" or m.context_policy == "global_min":
+        return False
+    if m.context_policy == "keep_all":
+        return True
+    global_batch = cfg.data.global_batch_size
+    if global_batch and m.group_size >= global_batch:
+        return False
+    return m.group_size % cfg.data.batch_size != 0
+
+
 __all__ = [
     "MASK_SAMPLERS",
+    "context_may_pad",
     "MaskCollator",
     "MultiBlockMaskSampler",
     "ReferenceMaskSampler",

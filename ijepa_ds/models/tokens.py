@@ -82,6 +82,17 @@ def key_padding(masks: Sequence[torch.Tensor]) -> torch.Tensor | None:
     return torch.cat([m >= 0 for m in masks], dim=0)
 
 
+def length_chunks(masks_enc: Sequence[torch.Tensor], chunks: int) -> list[tuple[torch.Tensor, int]]:
+    """The micro-batch sorted by real context length (the longest of a sample's nenc lists)
+    and split into ``chunks`` near-equal parts: (sample indices [b_c], the part's longest real
+    length) per part. Padding (-1) trails the real indices of every mask row, so a part keeps
+    its masks' first ``width`` columns. masks_enc: nenc x [B, K_enc]."""
+    lengths = torch.stack([(m >= 0).sum(dim=1) for m in masks_enc]).amax(dim=0)  # [B]
+    parts = torch.tensor_split(torch.argsort(lengths, stable=True), min(chunks, len(lengths)))
+    widths = torch.stack([lengths[idx].max() for idx in parts]).tolist()  # one host sync
+    return list(zip(parts, widths))
+
+
 def repeat_interleave_batch(x: torch.Tensor, batch_size: int, repeat: int) -> torch.Tensor:
     """Repeat each consecutive chunk of `batch_size` rows `repeat` times, chunk by chunk.
 

@@ -35,17 +35,25 @@ def expected_tokens(cfg, global_batch: int, steps: int = 8) -> tuple[float, floa
     The context width depends on the step (``mask.context_policy``: the step's, the group's
     shortest context, or the micro-batch's longest with padding), so the sampler is called as
     rank 0 of each step would call it, built as training builds it. Widths are the tensors'
-    (padding included): padded tokens cost memory and FLOPs like real ones.
+    (padding included): padded tokens cost memory and FLOPs like real ones. Where the masks
+    can pad, the student runs ``model.context_chunks`` length chunks, each padded to its own
+    longest: the width is then the chunks' sample-weighted mean.
     """
-    from ijepa_ds.masks import build_mask_sampler_from_config
+    from ijepa_ds.masks import build_mask_sampler_from_config, context_may_pad
+    from ijepa_ds.models.tokens import length_chunks
 
     sampler = build_mask_sampler_from_config(cfg, global_batch)
     micro = min(cfg.data.batch_size, global_batch)
+    chunks = cfg.model.context_chunks if context_may_pad(cfg) else 1
     k_enc, k_pred = [], []
     for step in range(steps):
         first = step * global_batch
         masks_enc, masks_pred = sampler(np.arange(first, first + micro))
-        k_enc.append(np.mean([m.shape[1] for m in masks_enc]))
+        if chunks > 1:
+            parts = length_chunks(masks_enc, chunks)
+            k_enc.append(sum(len(idx) * width for idx, width in parts) / micro)
+        else:
+            k_enc.append(np.mean([m.shape[1] for m in masks_enc]))
         k_pred.append(np.mean([m.shape[1] for m in masks_pred]))
     return float(np.mean(k_enc)), float(np.mean(k_pred))
 

@@ -20,7 +20,7 @@ from ijepa_ds.config import (
 from ijepa_ds.data import build_dataset_from_config, build_train_loader, build_train_transform
 from ijepa_ds.distributed import DistEnv
 from ijepa_ds.hostmem import pin_mmap_threshold
-from ijepa_ds.masks import MaskCollator, build_mask_sampler_from_config
+from ijepa_ds.masks import MaskCollator, build_mask_sampler_from_config, context_may_pad
 from ijepa_ds.masks.collator import MaskSampler
 from ijepa_ds.models.from_config import build_encoder_from_config, build_predictor_from_config
 from ijepa_ds.schedules import Schedule
@@ -83,7 +83,8 @@ def build_student(cfg: Config) -> IJEPAStudent:
     torch.manual_seed(cfg.seed)
     encoder = build_encoder_from_config(cfg)
     predictor = build_predictor_from_config(cfg)
-    return IJEPAStudent(encoder, predictor)
+    chunks = cfg.model.context_chunks if context_may_pad(cfg) else 1
+    return IJEPAStudent(encoder, predictor, context_chunks=chunks)
 
 
 def build_engine_and_target(

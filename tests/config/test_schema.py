@@ -18,9 +18,9 @@ EXPECTED_FIELDS = {
     "mask": "sampler num_enc_masks num_pred_masks enc_mask_scale pred_mask_scale aspect_ratio "
     "min_keep allow_overlap context_policy group_size",
     "model": "name patch_size in_chans embed_dim depth num_heads mlp_ratio qkv_bias "
-    "drop_path_rate norm_eps init_std rescale_init attn_impl mask_gather pred_depth pred_emb_dim "
-    "pred_num_heads predictor_prune_last act_ckpt_encoder act_ckpt_predictor act_ckpt_impl "
-    "act_ckpt_cpu_offload",
+    "drop_path_rate norm_eps init_std rescale_init attn_impl mask_gather context_chunks "
+    "pred_depth pred_emb_dim pred_num_heads predictor_prune_last act_ckpt_encoder "
+    "act_ckpt_predictor act_ckpt_impl act_ckpt_cpu_offload",
     "optim": "betas eps gradient_clipping precision",
     "schedule": "epochs warmup_epochs start_lr lr final_lr weight_decay final_weight_decay "
     "ipe_scale max_steps",

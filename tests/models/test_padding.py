@@ -141,3 +141,13 @@ def test_padded_loss_equals_the_loss_over_real_rows() -> None:
 
 
 pytestmark = pytest.mark.fast  # in-process: part of `python -m pytest -m fast`
+
+
+def test_length_chunks_sort_by_the_longest_list_and_split_evenly() -> None:
+    from ijepa_ds.models.tokens import length_chunks
+
+    masks, _ = _padded(CTX_LEN, 5)  # lengths per sample (longest list): 9, 9, 6
+    parts = length_chunks(masks, 2)
+    assert [idx.tolist() for idx, _ in parts] == [[2, 0], [1]]
+    assert [width for _, width in parts] == [9, 9]
+    assert [w for _, w in length_chunks(masks, 5)] == [6, 9, 9]  # at most one part per sample
