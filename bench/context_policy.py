@@ -195,7 +195,7 @@ def step_table(repeats: int, warmup: int) -> str:
 
 COMMANDS = """Commands (repository root, `OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu`):
 
-- this file: `python -m bench.context_policy` (about 4 minutes on 2 cores);
+- this file: `python -m bench.context_policy` (about 10 minutes on 2 cores);
 - one row of the first table, per step S in 0-3 (B = 128, or 32 on 64 ranks):
   `python -m ijepa_ds masks stats --config vit_h14_in1k --world-size W --step S
   mask.context_policy=P data.batch_size=B` (add `--table` for a table).
