@@ -38,7 +38,9 @@ class MaskStats:
     context_kept_mean: float  # real (unpadded) context tokens the encoder sees
     context_kept_fraction: float  # kept / drawn, over the whole step
     target_kept_fraction: float  # real target tokens / target block patches
-    padding_fraction: float  # padded share of the encoder input tokens (0 without padding)
+    padding_fraction: float  # padded share of the collated context masks (0 without padding)
+    computed_padding_fraction: float  # padded share of what the encoder computes: after the
+    # student's length chunks (model.context_chunks, where the masks can pad)
     context_width_min: int  # narrowest / widest context tensor of the step's micro-batches
     context_width_max: int
 
@@ -101,9 +103,25 @@ def mask_stats(cfg, world_size: int, step: int = 0) -> MaskStats:
         context_kept_fraction=kept / drawn,
         target_kept_fraction=sum(int((m >= 0).sum()) for m in pred) / pred_drawn,
         padding_fraction=sum(int((m < 0).sum()) for m in enc) / sum(m.numel() for m in enc),
+        computed_padding_fraction=1.0 - kept / computed_context(cfg, batches),
         context_width_min=min(m.shape[1] for m in enc),
         context_width_max=max(m.shape[1] for m in enc),
     )
+
+
+def computed_context(cfg, batches: list[MicroBatch]) -> int:
+    """Context tokens the encoder computes over ``batches``, padding included: each
+    micro-batch in ``model.context_chunks`` length chunks where the masks can pad
+    (``IJEPAStudent``), else at its collated width."""
+    from ijepa_ds.masks import context_may_pad
+    from ijepa_ds.models.tokens import length_chunks
+
+    chunks = cfg.model.context_chunks if context_may_pad(cfg) else 1
+    total = 0
+    for _, masks_enc, _ in batches:
+        parts = length_chunks(masks_enc, chunks)
+        total += len(masks_enc) * sum(len(idx) * width for idx, width in parts)
+    return total
 
 
 def format_table(stats: MaskStats) -> str:

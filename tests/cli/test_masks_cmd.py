@@ -54,11 +54,21 @@ def _expected(policy: str, drawn: np.ndarray, world_size: int) -> dict:
     micro_batches = kept.reshape(GLOBAL // (MICRO * world_size), world_size, MICRO)
     widths = micro_batches.max(axis=-1, keepdims=True)
     padded = (widths - micro_batches).sum()
+    # the student's length chunks (model.context_chunks=4 where masks can pad): each micro-batch
+    # sorted by length, cut in 4 near-equal parts, each padded to its own longest
+    chunks = 1 if policy == "global_min" else 4
+    parts = [
+        part
+        for mb in micro_batches.reshape(-1, MICRO)
+        for part in np.array_split(np.sort(mb), chunks)
+    ]
+    computed = sum(part.max() * len(part) for part in parts)
     return {
         "context_drawn_mean": drawn.mean(),
         "context_kept_mean": kept.mean(),
         "context_kept_fraction": kept.sum() / drawn.sum(),
         "padding_fraction": padded / (widths.sum() * MICRO),
+        "computed_padding_fraction": 1.0 - kept.sum() / computed,
     }
 
 
@@ -83,6 +93,15 @@ def test_stats_match_an_independent_computation(capsys, policy, world_size):
             > _expected("global_min", drawn, 1)["context_kept_fraction"]
         )
     assert (got["padding_fraction"] > 0) == (policy != "global_min")
+    assert got["computed_padding_fraction"] <= got["padding_fraction"]
+
+
+def test_one_chunk_computes_the_collated_padding(capsys):
+    overrides = [*SMALL, "mask.context_policy=keep_all", "model.context_chunks=1"]
+    _, lines = _run(capsys, "--config", "fmnist_tiny", f"--step={STEP}", *overrides)
+    got = json.loads(lines[-1])
+    assert got["computed_padding_fraction"] == pytest.approx(got["padding_fraction"], rel=1e-12)
+    assert got["padding_fraction"] > 0
 
 
 @pytest.mark.parametrize("policy", ["global_min", "group_min", "keep_all"])
