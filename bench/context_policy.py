@@ -64,7 +64,7 @@ def stats_table() -> str:
     """Markdown table of the masks stats, mean over STEPS steps, per policy and world size."""
     lines = [
         "| policy | world size | micro-batch x accumulation | drawn | kept | kept / drawn "
-        "| target kept | padding | context width (min-max) |",
+        "| target kept | padding: collated / computed (4 chunks) | context width (min-max) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for policy in POLICIES:
@@ -73,14 +73,16 @@ def stats_table() -> str:
             rows = [mask_stats(cfg, world_size, step) for step in range(STEPS)]
             mean = {k: float(np.mean([getattr(r, k) for r in rows])) for k in (
                 "context_drawn_mean", "context_kept_mean", "context_kept_fraction",
-                "target_kept_fraction", "padding_fraction")}  # fmt: skip
+                "target_kept_fraction", "padding_fraction",
+                "computed_padding_fraction")}  # fmt: skip
             widths = f"{min(r.context_width_min for r in rows)}-"
             widths += f"{max(r.context_width_max for r in rows)}"
             lines.append(
                 f"| {policy} | {world_size} | {rows[0].micro_batch_size} x {rows[0].accumulation} "
                 f"| {mean['context_drawn_mean']:.1f} | {mean['context_kept_mean']:.1f} "
                 f"| {mean['context_kept_fraction']:.3f} | {mean['target_kept_fraction']:.3f} "
-                f"| {mean['padding_fraction']:.3f} | {widths} |"
+                f"| {mean['padding_fraction']:.3f} / {mean['computed_padding_fraction']:.3f} "
+                f"| {widths} |"
             )
     return "\n".join(lines) + "\n"
 
