@@ -59,9 +59,8 @@ def evaluate(source: Path, out: Path, name: str) -> dict[str, dict]:
     """pool -> {"linear": config-sweep result, "knn": result} for one run folder."""
     results = {}
     for pool in POOLS:
-        log = out / f"{name}.{pool}"
-        linear, _ = quality.eval_cli("linear", source, log.with_suffix(".linear.log"), pool)
-        knn, _ = quality.eval_cli("knn", source, log.with_suffix(".knn.log"), pool)
+        linear, _ = quality.eval_cli("linear", source, out / f"{name}.{pool}.linear.log", pool)
+        knn, _ = quality.eval_cli("knn", source, out / f"{name}.{pool}.knn.log", pool)
         results[pool] = {"linear": linear, "knn": knn}
     return results
 
@@ -136,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the policies <out>/policy_quality.json already holds; run the rest",
+    )
+    parser.add_argument(
         "--from-json",
         action="store_true",
         help="no runs: rewrite the report from <out>/policy_quality.json, mask statistics "
@@ -159,7 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     record = {"steps": args.steps, "epochs": args.epochs, "load_before": os.getloadavg()[0]}
     record["machine"], record["policies"] = quality.machine(), {}
+    saved = args.out / "policy_quality.json"
+    if args.resume and saved.exists():
+        record = json.loads(saved.read_text())
+        if (record["steps"], record["epochs"]) != (args.steps, args.epochs):
+            raise SystemExit(f"{saved} holds another budget: {record['steps']} steps")
     for policy in args.policies:
+        if policy in record["policies"]:
+            print(f"{policy}: kept from {saved}", flush=True)
+            continue
         folder = args.out / policy
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
@@ -174,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             "eval": evaluate(run_dir, folder, policy),
         }
         (args.out / "policy_quality.json").write_text(json.dumps(record, indent=2))
+    run_dir = args.out / args.policies[-1] / "pretrained"
     init_dir = quality.write_init_run(run_dir, args.out / "init")
     record["init"] = evaluate(init_dir, args.out, "init")
     record["pixels"] = pixel_results(load_config(str(run_dir / "config.yaml")).eval)
