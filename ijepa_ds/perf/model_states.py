@@ -11,10 +11,19 @@ them out around a torch AdamW:
 | 3 | lp (P+F)/W | lp P/W (a persistent buffer) | 4P/W | 8P/W |
 
 ZeRO 1-3 keep an fp32 partition of the weights even in fp32 runs. ZeRO-1/2 allocate a reduce
-bucket of ``reduce_bucket_size`` elements during backward; ZeRO-3 keeps one. ZeRO-3 keeps the
-gathered 16-bit parameters between forward and backward while their reuse distance is below
-``stage3_max_reuse_distance`` (about half of it in elements: the parameters reused soonest)
-and gathers through a buffer of up to ``stage3_prefetch_bucket_size``. Parameters below
+bucket of ``reduce_bucket_size`` elements during backward; ZeRO-3 keeps one. ZeRO-3 gathers
+through a buffer of up to ``stage3_prefetch_bucket_size`` and, from the second step on (once
+its module trace is recorded), keeps gathered 16-bit parameters between forward and backward:
+- the parameters whose reuse distance is below ``stage3_max_reuse_distance`` (about half of it
+  in elements: those reused soonest; the whole model where its trace is shorter than that);
+- with prefetching (``stage3_prefetch_bucket_size`` > 0), up to ``stage3_max_live_parameters``
+  elements, whatever the reuse distance. Every submodule's fetch, parameter-free ones
+  (Dropout, GELU, Block) included, prefetches one more bucket, that bound is the only one on
+  what is available, and a parameter whose later use the prefetcher has already passed is not
+  released. Measured at ViT-H/14 on CPU ranks: the whole model, 2 bytes x 653M, stays gathered
+  under the shipped 1e9 (bench/results/scale_rehearsal.md).
+The larger of the two holds; ``tests/perf/test_zero3_gathered.py`` checks both against a real
+engine. Parameters below
 ``stage3_param_persistence_threshold`` stay whole on every rank; at the shipped 2048 that is
 under 1 MiB for ViT-H/G and is not modelled. The step itself builds the fp32 gradient
 partition and AdamW temporaries (about 3 x 4P/W). Optimizer offload moves master, moments and
@@ -160,7 +169,8 @@ def model_state_bytes(counts: ParamCounts, eng: EngineSettings) -> dict[str, flo
     if stage == 3:
         out["grad_buffers"] = lp * p / w + lp * eng.reduce_bucket_size
         out["grads_step"] = out["bucket"] = 0.0
-        kept = min(p + f, eng.max_reuse_distance / 2, eng.max_live_parameters)
+        prefetched = eng.max_live_parameters if eng.prefetch_bucket_size > 0 else 0
+        kept = min(p + f, max(prefetched, eng.max_reuse_distance / 2))
         out["gathered"] = lp * kept
         out["gather_buffer"] = lp * min(p + f, eng.prefetch_bucket_size)
         # ZeRO-3 steps its fp32 partition one sub-group at a time: the fp32 gradients and

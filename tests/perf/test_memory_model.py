@@ -165,6 +165,7 @@ def test_engine_settings_read_the_resolved_deepspeed_config():
             "reduce_bucket_size": 1000,
             "offload_optimizer": {"device": "cpu"},
             "stage3_max_reuse_distance": 0,
+            "stage3_prefetch_bucket_size": 0,
         },
     }
     eng = EngineSettings.from_ds_config(ds, world_size=4)
@@ -175,8 +176,11 @@ def test_engine_settings_read_the_resolved_deepspeed_config():
         False,
     )
     assert eng.reduce_bucket_size == 1000
-    # with no reuse allowed, ZeRO-3 releases every parameter after its forward
+    # with no prefetching and no reuse allowed, ZeRO-3 releases every parameter after its forward
     assert estimate_memory(LARGE, eng, ACT).gathered == 0
+    # prefetching keeps up to stage3_max_live_parameters gathered, whatever the reuse distance
+    prefetching = dataclasses.replace(eng, prefetch_bucket_size=1000, max_live_parameters=5000)
+    assert estimate_memory(LARGE, prefetching, ACT).gathered == 2 * 5000
 
 
 def test_cpu_ranks_add_the_runtime_and_rank_0s_target_copy_at_a_save():

@@ -97,10 +97,33 @@ def test_planner_reads_the_buckets_of_the_deepspeed_json(tmp_path, stage):
     if stage < 3:  # the bucket is allocated during the backward
         saved = default.estimate.bwd_transient - shipped.estimate.bwd_transient
         assert saved == lp * (500_000_000 - 50_000_000)
-    else:  # kept gathered: about half the reuse distance (1e8 shipped, 1e9 by default)
-        assert shipped.estimate.gathered == lp * 50_000_000
-        assert default.estimate.gathered == lp * 500_000_000
+    else:  # prefetching: up to max_live_parameters (1e9 both) stay gathered, the whole model
+        whole = shipped.estimate.params * 16  # lp (P + F) / W at ZeRO-3
+        assert shipped.estimate.gathered == default.estimate.gathered == whole
         assert shipped.estimate.grad_buffers < default.estimate.grad_buffers
+
+
+@pytest.mark.parametrize(
+    ("knobs", "kept"),
+    [
+        # Prefetching: up to max_live, when that is more than the reuse distance keeps.
+        (
+            {"stage3_max_live_parameters": 100_000_000, "stage3_max_reuse_distance": 100_000_000},
+            100_000_000,
+        ),
+        (
+            {"stage3_max_live_parameters": 10_000_000, "stage3_max_reuse_distance": 100_000_000},
+            50_000_000,
+        ),
+        # No prefetching: about half the reuse distance, the parameters reused soonest.
+        ({"stage3_prefetch_bucket_size": 0, "stage3_max_reuse_distance": 60_000_000}, 30_000_000),
+    ],
+)
+def test_zero3_gathered_parameters_follow_the_live_and_reuse_bounds(tmp_path, knobs, kept):
+    ds = tmp_path / "zero3.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3, **knobs}}))
+    result = plan(load_config("vit_h14_in1k", [f"deepspeed.config={ds}"]), 16, 80)
+    assert result.estimate.gathered == 2 * kept  # bf16
 
 
 def test_cpu_plan_names_the_runtime_and_the_save(capsys):
