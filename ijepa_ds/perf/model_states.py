@@ -23,13 +23,14 @@ its module trace is recorded), keeps gathered 16-bit parameters between forward 
   released. Measured at ViT-H/14 on CPU ranks: the whole model, 2 bytes x 653M, stays gathered
   under the shipped 1e9 (bench/results/scale_rehearsal.md).
 The larger of the two holds; ``tests/perf/test_zero3_gathered.py`` checks both against a real
-engine. Parameters below
-``stage3_param_persistence_threshold`` stay whole on every rank; at the shipped 2048 that is
-under 1 MiB for ViT-H/G and is not modelled. The step itself builds the fp32 gradient
-partition and AdamW temporaries (about 3 x 4P/W). Optimizer offload moves master, moments and
-the step's fp32 work to host memory; parameter offload (ZeRO-3) moves the parameter
-partition. The EMA target encoder is fp32 outside the engine: replicated at ZeRO 0-2, 1/W of
-it at ZeRO-3.
+engine.
+
+Parameters below ``stage3_param_persistence_threshold`` stay whole on every rank; at the shipped
+2048 that is under 1 MiB for ViT-H/G and is not modelled. The step itself builds the fp32
+gradient partition and AdamW temporaries (about 3 x 4P/W). Optimizer offload moves master,
+moments and the step's fp32 work to host memory; parameter offload (ZeRO-3) moves the parameter
+partition. The EMA target encoder is fp32 outside the engine: replicated at ZeRO 0-2, 1/W of it
+at ZeRO-3.
 
 Every knob is read from the resolved DeepSpeed config (``EngineSettings.from_ds_config``);
 DeepSpeed's own defaults apply where the JSON leaves one out.

@@ -46,12 +46,13 @@ CASES = {
 }
 
 
+def partitioned(module) -> list:
+    """The parameters ZeRO-3 shards and releases (small ones persist whole on every rank)."""
+    return [p for p in module.parameters() if not p.ds_persist]
+
+
 def gathered_bytes(module) -> int:
-    return sum(
-        p.data.numel() * p.data.element_size()
-        for p in module.parameters()
-        if not getattr(p, "ds_persist", False)
-    )
+    return sum(p.data.numel() * p.data.element_size() for p in partitioned(module))
 
 
 def measure(env, knobs: dict) -> dict:
@@ -74,7 +75,7 @@ def measure(env, knobs: dict) -> dict:
     shape = shape_from_config(cfg, masks_enc[0].shape[1], masks_pred[0].shape[1])
     act = ActivationSettings(cfg.data.batch_size, 1, 1)
     planned = estimate_memory(shape, EngineSettings.from_ds_config(ds, env.world_size), act)
-    whole = sum(p.ds_numel * 4 for p in engine.module.parameters() if not p.ds_persist)
+    whole = sum(p.ds_numel * 4 for p in partitioned(engine.module))  # fp32
     del trainer, loader
     dist.barrier()
     return {"first": measured[0], "second": measured[1], "planned": planned.gathered,
