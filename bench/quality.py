@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ijepa_ds.eval.features import POOLS, pool_width
+
 REPO = Path(__file__).resolve().parent.parent
 RUN_NAME = "pretrained"
 INIT_NAME = "init"
@@ -226,7 +228,9 @@ def write_report(path: Path, rows: list[dict], budget: dict, commands: list[str]
         "Evaluation: target encoder; features: `avg` = average pool of the last layer (192-d), "
         "`grid2` = the last layer averaged over each quarter of the 7x7 patch grid (adaptive "
         "2x2 pool, 4 x 192 = 768-d, about as wide as the 784 raw pixels), `last4` = the last 4 "
-        "layers' averages (768-d); eval transform = "
+        "layers' averages (768-d), `pyramid` = the patch average, the 2x2 quarters and all 49 "
+        "tokens, each level L2-normalised and scaled by 1/sqrt(3) (54 x 192 = 10368-d; its "
+        "cosine is the mean of the levels' cosines); eval transform = "
         "the whole 28x28 image, normalised. Linear probe: BatchNorm (no affine) + linear head, "
         "SGD momentum 0.9, batch 256, cosine lr, 10 epochs, lr x wd sweep "
         f"{budget['lrs']} x {budget['wds']} chosen on a 10% validation split of train, retrained "
@@ -292,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         "--pools",
         nargs="+",
         default=["avg", "grid2"],
-        choices=("avg", "last4", "grid2"),
+        choices=POOLS,
         help="feature pools evaluated for both encoders",
     )
     parser.add_argument(
@@ -305,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     from ijepa_ds.config import load_config
+    from ijepa_ds.models.from_config import build_encoder_from_config
 
     load_before = os.getloadavg()[0]
     run_dir, record = args.out / RUN_NAME, args.out / "pretrain.json"
@@ -315,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     pretrained = json.loads(record.read_text())  # --skip-pretrain: what the pretraining recorded
     init_dir = write_init_run(run_dir, args.out / INIT_NAME)
     cfg = load_config(str(run_dir / "config.yaml"))
+    encoder = build_encoder_from_config(cfg)
     rows, commands = [], [pretrained["command"]]
     encoders = (
         ("pretrained", "I-JEPA target encoder", run_dir),
@@ -322,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for pool in args.pools:
         for kind, label, source in encoders:
-            width = 192 if pool == "avg" else 768
+            width = pool_width(pool, encoder.embed_dim, encoder.grid_size)
             row = {"features": f"{label} ({pool}, {width})", "kind": kind, "pool": pool}
             log = args.out / f"{source.name}.{pool}"
             row["linear"], cmd = eval_cli("linear", source, log.with_suffix(".linear.log"), pool)

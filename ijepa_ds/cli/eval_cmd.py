@@ -63,7 +63,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--pool",
-        choices=("avg", "last4", "grid2"),  # ijepa_ds.eval.features.POOLS (tests/cli checks)
+        # ijepa_ds.eval.features.POOLS (tests/cli checks)
+        choices=("avg", "last4", "grid2", "pyramid"),
         default=None,
         help="features; default: the run's eval.feature_pool",
     )

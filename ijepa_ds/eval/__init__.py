@@ -11,6 +11,7 @@ from ijepa_ds.eval.features import (
     encoder_fingerprint,
     extract_features,
     pool_features,
+    pool_width,
 )
 from ijepa_ds.eval.knn import KNNResult, knn_classify, knn_votes
 from ijepa_ds.eval.linear import ProbeConfig, ProbeResult, linear_probe, split_train_val
@@ -22,6 +23,7 @@ from ijepa_ds.eval.visualize import pca_rgb, render_pca_grid, write_png
 __all__ = [
     "ACCEPTED",
     "POOLS",
+    "pool_width",
     "FeatureSet",
     "KNNResult",
     "ProbeConfig",

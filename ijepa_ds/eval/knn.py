@@ -45,13 +45,20 @@ def knn_votes(
     votes[m, c] = sum over the k nearest train rows j of test row m with label c of
     exp(cos(test_m, train_j) / temperature).
     """
+    sims = F.normalize(test_x.float(), dim=1) @ F.normalize(train_x.float(), dim=1).T
+    return votes_from_similarities(sims, train_y, k, temperature, num_classes)
+
+
+def votes_from_similarities(
+    sims: torch.Tensor, train_y: torch.Tensor, k: int, temperature: float, num_classes: int
+) -> torch.Tensor:
+    """Class votes [M, C] from similarities sims [M, N] of M test rows to N train rows with
+    labels train_y [N] (the vote of ``knn_votes``, for callers that build sims themselves)."""
     if k < 1 or temperature <= 0:
         raise ValueError(f"kNN needs k >= 1 and temperature > 0, got k={k}, T={temperature}")
-    k = min(k, train_x.shape[0])
-    sims = F.normalize(test_x.float(), dim=1) @ F.normalize(train_x.float(), dim=1).T
-    top_sims, top_idx = sims.topk(k, dim=1)
+    top_sims, top_idx = sims.topk(min(k, sims.shape[1]), dim=1)
     weights = (top_sims / temperature).exp()
-    votes = torch.zeros(test_x.shape[0], num_classes, device=test_x.device)
+    votes = torch.zeros(sims.shape[0], num_classes, device=sims.device)
     return votes.scatter_add_(1, train_y[top_idx], weights)
 
 

@@ -12,10 +12,12 @@ from torch.utils.data import TensorDataset
 
 from ijepa_ds.distributed import free_port
 from ijepa_ds.eval.features import (
+    POOLS,
     cached_features,
     encoder_fingerprint,
     extract_features,
     pool_features,
+    pool_width,
 )
 from ijepa_ds.models import VisionTransformer
 from tests.helpers import cpu_env
@@ -83,6 +85,30 @@ def test_grid2_averages_each_quarter_of_the_patch_grid_row_major():
     torch.testing.assert_close(out, torch.cat(quarters, dim=-1), atol=1e-5, rtol=1e-5)
 
 
+def test_pyramid_concatenates_the_normalised_1x1_2x2_and_token_levels():
+    enc, data = tiny_encoder(), tiny_dataset()
+    out = extract_features(enc, data, "pyramid", batch_size=5).features
+    with torch.no_grad():
+        tokens = enc(data.tensors[0])  # [12, 16, 32]: a 4x4 grid
+    grid = tokens.reshape(12, 4, 4, 32)
+    quarters = [grid[:, r : r + 2, c : c + 2].mean(dim=(1, 2)) for r in (0, 2) for c in (0, 2)]
+    levels = [tokens.mean(dim=1), torch.cat(quarters, dim=-1), tokens.flatten(1)]
+    unit = [lv / lv.norm(dim=1, keepdim=True) / 3**0.5 for lv in levels]
+    assert out.shape == (12, (1 + 4 + 16) * 32)
+    torch.testing.assert_close(out, torch.cat(unit, dim=1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(12))
+    # Its cosine similarity is the mean of the three levels' cosine similarities.
+    cos = [torch.nn.functional.cosine_similarity(lv[:6], lv[6:], dim=1) for lv in levels]
+    torch.testing.assert_close((out[:6] * out[6:]).sum(dim=1), sum(cos) / 3, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_pool_width_is_the_extracted_width(pool):
+    enc, data = tiny_encoder(), tiny_dataset(3)
+    out = extract_features(enc, data, pool, batch_size=2)
+    assert out.features.shape == (3, pool_width(pool, 32, (4, 4)))
+
+
 def test_grid2_rejects_a_grid_smaller_than_two_patches():
     enc = VisionTransformer(img_size=4, patch_size=4, in_chans=1, embed_dim=8, depth=1, num_heads=1)
     with pytest.raises(ValueError, match="at least 2x2"):
@@ -141,8 +167,9 @@ RANK_SCRIPT = textwrap.dedent(
     enc = VisionTransformer(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=4,
                             num_heads=2)
     gen = torch.Generator().manual_seed(1)
-    data = TensorDataset(torch.randn(11, 1, 16, 16, generator=gen), torch.arange(11) % 3)
-    out = extract_features(enc, data, "last4", batch_size=4)
+    n, pool = int(sys.argv[2]), sys.argv[3]
+    data = TensorDataset(torch.randn(n, 1, 16, 16, generator=gen), torch.arange(n) % 3)
+    out = extract_features(enc, data, pool, batch_size=4)
     torch.save({"features": out.features, "labels": out.labels}, sys.argv[1])
     dist.destroy_process_group()
     """
@@ -150,7 +177,11 @@ RANK_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.distributed
-def test_two_ranks_extract_shards_and_gather_the_whole_dataset(tmp_path):
+@pytest.mark.parametrize(
+    "n, pool",
+    [(11, "last4"), (1, "pyramid")],  # 1 row: rank 1's shard is empty, of the pool's width
+)
+def test_two_ranks_extract_shards_and_gather_the_whole_dataset(tmp_path, n, pool):
     port = str(free_port())
     procs = []
     for rank in range(2):
@@ -161,13 +192,13 @@ def test_two_ranks_extract_shards_and_gather_the_whole_dataset(tmp_path):
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=port,
         )
-        cmd = [sys.executable, "-c", RANK_SCRIPT, str(tmp_path / f"rank{rank}.pt")]
+        cmd = [sys.executable, "-c", RANK_SCRIPT, str(tmp_path / f"rank{rank}.pt"), str(n), pool]
         procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True))
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err[-3000:]
     # 11 rows over 2 ranks: shards of 6 and 5, padded for all_gather and trimmed again.
-    single = extract_features(tiny_encoder(), tiny_dataset(11), "last4", batch_size=4)
+    single = extract_features(tiny_encoder(), tiny_dataset(n), pool, batch_size=4)
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         torch.testing.assert_close(got["features"], single.features, atol=1e-5, rtol=1e-5)
