@@ -11,7 +11,8 @@ pools take them) are averaged over g x g grids of the patch grid for g in ``--gr
 largest, the patch grid's side, keeps every token); raw pixels (normalised as the eval
 normalises them) over the same grids of the image, with every pixel as the finest level. A
 level set is the concatenation of its levels, each L2-normalised, so its cosine similarity is
-the mean of the levels' cosines; the package's ``pyramid`` pool is the set 1 + 2 + all.
+the mean of the levels' cosines (spatial pyramid matching, Lazebnik et al. 2006, with equal
+level weights).
 
 Every level set is scored with the eval's weighted kNN (k 20, T 0.07) twice:
 

@@ -228,9 +228,7 @@ def write_report(path: Path, rows: list[dict], budget: dict, commands: list[str]
         "Evaluation: target encoder; features: `avg` = average pool of the last layer (192-d), "
         "`grid2` = the last layer averaged over each quarter of the 7x7 patch grid (adaptive "
         "2x2 pool, 4 x 192 = 768-d, about as wide as the 784 raw pixels), `last4` = the last 4 "
-        "layers' averages (768-d), `pyramid` = the patch average, the 2x2 quarters and all 49 "
-        "tokens, each level L2-normalised and scaled by 1/sqrt(3) (54 x 192 = 10368-d; its "
-        "cosine is the mean of the levels' cosines); eval transform = "
+        "layers' averages (768-d); eval transform = "
         "the whole 28x28 image, normalised. Linear probe: BatchNorm (no affine) + linear head, "
         "SGD momentum 0.9, batch 256, cosine lr, 10 epochs, lr x wd sweep "
         f"{budget['lrs']} x {budget['wds']} chosen on a 10% validation split of train, retrained "
@@ -328,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for pool in args.pools:
         for kind, label, source in encoders:
-            width = pool_width(pool, encoder.embed_dim, encoder.grid_size)
+            width = pool_width(pool, encoder.embed_dim)
             row = {"features": f"{label} ({pool}, {width})", "kind": kind, "pool": pool}
             log = args.out / f"{source.name}.{pool}"
             row["linear"], cmd = eval_cli("linear", source, log.with_suffix(".linear.log"), pool)

@@ -63,8 +63,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--pool",
-        # ijepa_ds.eval.features.POOLS (tests/cli checks)
-        choices=("avg", "last4", "grid2", "pyramid"),
+        choices=("avg", "last4", "grid2"),  # ijepa_ds.eval.features.POOLS (tests/cli checks)
         default=None,
         help="features; default: the run's eval.feature_pool",
     )

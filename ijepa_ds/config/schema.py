@@ -228,11 +228,10 @@ class EvalConfig:
     linear_lrs: tuple[float, ...] = _f((1e-3, 1e-2, 1e-1), "Linear-probe learning rates swept.")
     linear_wds: tuple[float, ...] = _f((0.0, 5e-4), "Linear-probe weight decays swept.")
     linear_epochs: int = _f(10, "Linear-probe training epochs.")
-    feature_pool: Literal["avg", "last4", "grid2", "pyramid"] = _f(
+    feature_pool: Literal["avg", "last4", "grid2"] = _f(
         "avg",
-        "Features: patch average of the last layer, concat of the last 4 layers' averages, "
-        "the last layer averaged over each 2x2 quarter of the patch grid, or a spatial pyramid "
-        "of the last layer (1x1, 2x2 and every token, each level L2-normalised).",
+        "Features: patch average of the last layer, concat of the last 4 layers' averages, or "
+        "the last layer averaged over each 2x2 quarter of the patch grid.",
     )
     batch_size: int = _f(256, "Feature-extraction batch size per rank.")
     val_every_epochs: int = _f(1, "Linear-probe epochs between validations; 0 = only at the end.")

@@ -13,14 +13,6 @@ Pools (the paper's two linear-probe inputs, no [cls] token in I-JEPA):
   patch grid (adaptive 2x2 average pool over the h x w patches), concatenated row-major, width
   4 D. It keeps the coarse layout that "avg" throws away: on small, centred images (Fashion-MNIST)
   the layout is much of what separates the classes, and raw pixels keep all of it.
-- ``"pyramid"``: a spatial pyramid of the last layer's output (after ``encoder.norm``): the
-  patch average (1x1), the 2x2 quarters (as "grid2") and every token (the h x w grid), each level
-  L2-normalised and scaled by 1/sqrt(3), concatenated coarse to fine, width (1 + 4 + h w) D. The
-  cosine similarity of two pyramids is the mean of the three levels' cosines (spatial pyramid
-  matching, Lazebnik et al. 2006, with equal level weights), so the kNN sees what the images
-  share at every scale: what is there (1x1, where pretraining gains most) and where (every
-  token). The linear probe's BatchNorm standardises every column, so for it the scaling only
-  sets the columns' relative size before the norm.
 
 Extraction runs the encoder in eval mode under ``torch.no_grad()``. When a
 ``torch.distributed`` process group is initialised (``torchrun``), rank r encodes the r-th
@@ -45,8 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ijepa_ds.fileio import atomic_torch_save
 from ijepa_ds.models import VisionTransformer
 
-POOLS = ("avg", "last4", "grid2", "pyramid")
-PYRAMID_GRIDS = (1, 2)  # coarse levels of "pyramid", before the full token grid
+POOLS = ("avg", "last4", "grid2")
 CACHE_FORMAT = 1
 
 
@@ -55,7 +46,7 @@ class FeatureSet:
     """Features of one dataset split, in dataset order.
 
     features: [N, F] float32 on CPU (F = ``pool_width``: D for "avg", 4 D for "last4" and
-    "grid2", (5 + h w) D for "pyramid"); labels: [N] int64.
+    "grid2"); labels: [N] int64.
     """
 
     features: torch.Tensor
@@ -78,8 +69,6 @@ def pool_features(encoder: VisionTransformer, imgs: torch.Tensor, pool: str) -> 
         return encoder(imgs).mean(dim=1)
     if pool == "grid2":
         return _grid_pool(encoder(imgs), imgs.shape[-2:], encoder, side=2)
-    if pool == "pyramid":
-        return pyramid_pool(encoder(imgs), imgs.shape[-2:], encoder)
     if len(encoder.blocks) < 4:
         raise ValueError(
             f"pool 'last4' needs an encoder with >= 4 blocks, got {len(encoder.blocks)}"
@@ -115,24 +104,9 @@ def _grid_pool(
     return pooled.permute(0, 2, 3, 1).flatten(1)
 
 
-def pyramid_pool(
-    tokens: torch.Tensor, image_hw: torch.Size, encoder: VisionTransformer
-) -> torch.Tensor:
-    """tokens: [B, h w, D] in row-major patch order -> [B, (5 + h w) D]: the levels 1x1, 2x2
-    and all tokens, each L2-normalised and scaled by 1/sqrt(3) (so each row has norm 1)."""
-    levels = [_grid_pool(tokens, image_hw, encoder, side=g) for g in PYRAMID_GRIDS]
-    levels.append(tokens.flatten(1))
-    scale = len(levels) ** -0.5
-    return torch.cat([nn.functional.normalize(lv, dim=1) * scale for lv in levels], dim=1)
-
-
-def pool_width(pool: str, embed_dim: int, grid: tuple[int, int]) -> int:
-    """Feature width F of ``pool`` for an encoder of width D = embed_dim on an h x w = grid
-    patch grid."""
-    blocks = {"avg": 1, "last4": 4, "grid2": 4}
-    if check_pool(pool) == "pyramid":
-        return embed_dim * (sum(g * g for g in PYRAMID_GRIDS) + grid[0] * grid[1])
-    return embed_dim * blocks[pool]
+def pool_width(pool: str, embed_dim: int) -> int:
+    """Feature width F of ``pool`` for an encoder of width D = embed_dim."""
+    return embed_dim * {"avg": 1, "last4": 4, "grid2": 4}[check_pool(pool)]
 
 
 def _shard_indices(n: int) -> tuple[list[int], int]:
@@ -187,22 +161,13 @@ def extract_features(
         feats.append(out.float())
         labels.append(torch.as_tensor(targets, dtype=torch.long, device=device))
     encoder.train(was_training)
-    width = _feature_width(encoder, dataset, pool)
+    width = pool_width(pool, encoder.embed_dim)  # an empty shard's, for the all-gather
     local_feats = torch.cat(feats) if feats else torch.zeros(0, width, device=device)
     local_labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
     # gloo gathers CPU tensors, nccl CUDA tensors: gather where the features already live.
     all_feats = _gather_shards(local_feats, len(dataset), max_len)
     all_labels = _gather_shards(local_labels, len(dataset), max_len)
     return FeatureSet(all_feats.cpu(), all_labels.cpu())
-
-
-def _feature_width(encoder: VisionTransformer, dataset: Dataset, pool: str) -> int:
-    """Width of an empty shard's features, so that its all-gather matches the other ranks'."""
-    grid = encoder.grid_size
-    if pool == "pyramid" and len(dataset):
-        height, width = dataset[0][0].shape[-2:]
-        grid = (height // encoder.patch_size, width // encoder.patch_size)
-    return pool_width(pool, encoder.embed_dim, grid)
 
 
 def _default_device() -> torch.device:

@@ -85,28 +85,11 @@ def test_grid2_averages_each_quarter_of_the_patch_grid_row_major():
     torch.testing.assert_close(out, torch.cat(quarters, dim=-1), atol=1e-5, rtol=1e-5)
 
 
-def test_pyramid_concatenates_the_normalised_1x1_2x2_and_token_levels():
-    enc, data = tiny_encoder(), tiny_dataset()
-    out = extract_features(enc, data, "pyramid", batch_size=5).features
-    with torch.no_grad():
-        tokens = enc(data.tensors[0])  # [12, 16, 32]: a 4x4 grid
-    grid = tokens.reshape(12, 4, 4, 32)
-    quarters = [grid[:, r : r + 2, c : c + 2].mean(dim=(1, 2)) for r in (0, 2) for c in (0, 2)]
-    levels = [tokens.mean(dim=1), torch.cat(quarters, dim=-1), tokens.flatten(1)]
-    unit = [lv / lv.norm(dim=1, keepdim=True) / 3**0.5 for lv in levels]
-    assert out.shape == (12, (1 + 4 + 16) * 32)
-    torch.testing.assert_close(out, torch.cat(unit, dim=1), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out.norm(dim=1), torch.ones(12))
-    # Its cosine similarity is the mean of the three levels' cosine similarities.
-    cos = [torch.nn.functional.cosine_similarity(lv[:6], lv[6:], dim=1) for lv in levels]
-    torch.testing.assert_close((out[:6] * out[6:]).sum(dim=1), sum(cos) / 3, atol=1e-5, rtol=1e-5)
-
-
 @pytest.mark.parametrize("pool", POOLS)
 def test_pool_width_is_the_extracted_width(pool):
     enc, data = tiny_encoder(), tiny_dataset(3)
     out = extract_features(enc, data, pool, batch_size=2)
-    assert out.features.shape == (3, pool_width(pool, 32, (4, 4)))
+    assert out.features.shape == (3, pool_width(pool, 32))
 
 
 def test_grid2_rejects_a_grid_smaller_than_two_patches():
@@ -179,7 +162,7 @@ RANK_SCRIPT = textwrap.dedent(
 @pytest.mark.distributed
 @pytest.mark.parametrize(
     "n, pool",
-    [(11, "last4"), (1, "pyramid")],  # 1 row: rank 1's shard is empty, of the pool's width
+    [(11, "last4"), (1, "grid2")],  # 1 row: rank 1's shard is empty, of the pool's width
 )
 def test_two_ranks_extract_shards_and_gather_the_whole_dataset(tmp_path, n, pool):
     port = str(free_port())
