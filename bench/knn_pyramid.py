@@ -87,7 +87,8 @@ def score(
 ):
     """{split: [top-1 per set]} for the splits "val", "test" (and "val centred", "test centred"
     with center); pair: {level: [train, test] FeatureSets}."""
-    train_y, test_y = next(iter(pair.values()))[0].labels, next(iter(pair.values()))[1].labels
+    train, test = next(iter(pair.values()))  # every level has the same labels
+    train_y, test_y = train.labels, test.labels
     tr, va = split_train_val(len(train_y), 0.1, 0)
     val_levels = {n: (s[0].features[tr], s[0].features[va]) for n, s in pair.items()}
     test_levels = {n: (s[0].features, s[1].features) for n, s in pair.items()}

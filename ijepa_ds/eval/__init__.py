@@ -23,7 +23,6 @@ from ijepa_ds.eval.visualize import pca_rgb, render_pca_grid, write_png
 __all__ = [
     "ACCEPTED",
     "POOLS",
-    "pool_width",
     "FeatureSet",
     "KNNResult",
     "ProbeConfig",
@@ -43,6 +42,7 @@ __all__ = [
     "pca_rgb",
     "per_class_count",
     "pool_features",
+    "pool_width",
     "render_pca_grid",
     "resolve_source",
     "split_train_val",
