@@ -89,6 +89,16 @@ def machine_header(start: dict[str, str], end_load: str) -> str:
     )
 
 
+def report_header(title: str, start: dict[str, str], command: str, seconds: float) -> str:
+    """A result file's title, machine line (load at start and now) and the command that made
+    it, with its wall time: the first lines of every ``bench/results`` report."""
+    return (
+        f"# {title}\n\n"
+        + machine_header(start, load_average())
+        + f"\nCommand (repository root): `{command}` ({seconds:.0f} s)\n\n"
+    )
+
+
 def matmul_peak_flops(dtype: torch.dtype = torch.float32, size: int = 1024, repeats: int = 7):
     """Best-of-``repeats`` FLOP per CPU-second of one ``size``-square matmul.
 

@@ -117,9 +117,9 @@ def main() -> None:
     lines.append("| raw pixels | " + " | ".join(cells) + " |")
     command = "python -m bench.knn_pools " + " ".join(sys.argv[1:])
     text = (
-        "# kNN per spatial pool and layer\n\n"
-        + common.machine_header(start, common.load_average())
-        + f"\nCommand (repository root): `{command}` ({time.perf_counter() - t0:.0f} s)\n\n"
+        common.report_header(
+            "kNN per spatial pool and layer", start, command, time.perf_counter() - t0
+        )
         + f"kNN top-1 (%) on the 10k test images, k {args.k}, T {args.temperature}, cosine, "
         "the 60k train images as memory. A g x g grid averages the tokens (pixels) over g x g "
         "cells of the patch grid (image) and concatenates them: width g^2 x D (g^2 for pixels); "

@@ -145,9 +145,12 @@ def main() -> None:
         picks.append(f"{split}: **{args.sets[best]}** (val {val[best]:.2f}, test {test:.2f})")
     command = "OMP_NUM_THREADS=2 python -m bench.knn_pyramid " + " ".join(sys.argv[1:])
     text = (
-        "# kNN of spatial pyramids, levels chosen on a validation split\n\n"
-        + common.machine_header(start, common.load_average())
-        + f"\nCommand (repository root): `{command}` ({time.perf_counter() - t0:.0f} s)\n\n"
+        common.report_header(
+            "kNN of spatial pyramids, levels chosen on a validation split",
+            start,
+            command,
+            time.perf_counter() - t0,
+        )
         + f"kNN top-1 (%), k {args.k}, T {args.temperature}. A level g averages the last "
         "layer's tokens (the pixels) over g x g cells; `all` keeps every token (the 7x7 grid; "
         "every pixel of the 28x28 image); a set concatenates its levels, each L2-normalised, "
