@@ -68,9 +68,9 @@ def grid_top1(
 
 
 def tune(pair: list[FeatureSet], pairs: list[tuple[int, float]]) -> dict[str, object]:
-    """{"default", "chosen", "val", "oracle", "oracle_pair"}: test top-1 at DEFAULT, the pair
-    chosen on the val split, its val top-1, and the best test top-1 over pairs (with its
-    pair); pair: [train, test] FeatureSets."""
+    """{"default", "chosen", "val", "test", "oracle", "oracle_pair"}: test top-1 at DEFAULT,
+    the pair chosen on the val split, its val and test top-1, and the best test top-1 over
+    pairs (with its pair); pair: [train, test] FeatureSets."""
     train, test = pair
     tr, va = split_train_val(len(train.labels), 0.1, 0)
     val = grid_top1(
