@@ -57,9 +57,17 @@ def votes_from_similarities(
     if k < 1 or temperature <= 0:
         raise ValueError(f"kNN needs k >= 1 and temperature > 0, got k={k}, T={temperature}")
     top_sims, top_idx = sims.topk(min(k, sims.shape[1]), dim=1)
+    return votes_from_neighbours(top_sims, train_y[top_idx], temperature, num_classes)
+
+
+def votes_from_neighbours(
+    top_sims: torch.Tensor, top_labels: torch.Tensor, temperature: float, num_classes: int
+) -> torch.Tensor:
+    """Class votes [M, C] from each test row's neighbours: similarities top_sims [M, k] and
+    their labels top_labels [M, k] (for callers that find the neighbours themselves)."""
     weights = (top_sims / temperature).exp()
-    votes = torch.zeros(sims.shape[0], num_classes, device=sims.device)
-    return votes.scatter_add_(1, train_y[top_idx], weights)
+    votes = torch.zeros(top_sims.shape[0], num_classes, device=top_sims.device)
+    return votes.scatter_add_(1, top_labels, weights)
 
 
 def knn_classify(
