@@ -62,6 +62,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="attention heads (only for checkpoints that do not record them)",
     )
     p.add_argument(
+        "--pos-interp",
+        choices=("sincos", "bicubic"),  # ijepa_ds.eval.args.POS_INTERP (tests/cli checks)
+        default=None,
+        help="positions when --crop-size gives another patch grid than training: sincos "
+        "regenerates the fixed table for the new grid, bicubic resizes the trained one "
+        "(keeps the range of positions seen in training); default: sincos",
+    )
+    p.add_argument(
         "--pool",
         choices=("avg", "last4", "grid2"),  # ijepa_ds.eval.features.POOLS (tests/cli checks)
         default=None,

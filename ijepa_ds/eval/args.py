@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ACTIONS = ("linear", "knn", "lowshot", "visualize")
+POS_INTERP = ("sincos", "bicubic")  # ijepa_ds.models.pos_embed.POS_INTERP_MODES, torch-free
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,8 @@ class EvalArgs:
     """Arguments of one eval action (see ``ijepa-ds eval ACTION --help`` for each).
 
     Data and features: source, dataset, data_root, crop_size, resize_size, mean, std,
-    num_samples (synthetic train images; test gets a quarter), out, num_heads, pool,
+    num_samples (synthetic train images; test gets a quarter), out, num_heads, pos_interp
+    (positions for an eval grid other than the encoder's: "sincos" or "bicubic"), pool,
     batch_size, num_workers, device, cache_dir, no_cache, seed. Linear probe (linear,
     lowshot): lrs, wds, epochs, val_every, val_fraction, optimizer, probe_batch_size,
     no_batchnorm. k-NN: k (knn: one result per k; lowshot: the first), temperature.
@@ -35,6 +37,7 @@ class EvalArgs:
     num_samples: int | None = None
     out: str | None = None
     num_heads: int | None = None
+    pos_interp: str | None = None
     pool: str | None = None
     batch_size: int | None = None
     num_workers: int = 0
@@ -62,3 +65,5 @@ class EvalArgs:
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
             raise ValueError(f"eval action {self.action!r}: expected one of {ACTIONS}")
+        if self.pos_interp is not None and self.pos_interp not in POS_INTERP:
+            raise ValueError(f"--pos-interp {self.pos_interp!r}: expected one of {POS_INTERP}")

@@ -48,6 +48,7 @@ class EvalSettings:
     std: tuple[float, ...]
     num_samples: int | None
     pool: str
+    pos_interp: str
     batch_size: int
     device: str
     out: Path
@@ -107,6 +108,7 @@ def resolve_settings(args: EvalArgs, encoder, cfg: Config | None, run_dir) -> Ev
         std=std,
         num_samples=args.num_samples or synthetic_default,
         pool=args.pool or eval_cfg.feature_pool,
+        pos_interp=args.pos_interp or encoder.pos_interp,
         batch_size=args.batch_size or eval_cfg.batch_size,
         device=device,
         out=out,
@@ -212,6 +214,7 @@ def run_eval_command(args: EvalArgs) -> int:
     try:
         cfg = run_config(src)
         s = resolve_settings(args, encoder, cfg, src.run_dir)
+        encoder.pos_interp = s.pos_interp
         eval_cfg = cfg.eval if cfg else Config().eval
         if args.action == "visualize":
             result = _visualize(args, encoder, s) if env.is_main_process else None

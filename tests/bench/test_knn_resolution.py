@@ -22,9 +22,10 @@ def noisy(n: int, seed: int) -> FeatureSet:
 def test_running_topk_over_memory_chunks_equals_one_topk():
     train, test = noisy(301, 0), noisy(40, 1)
     sims, idx = running_topk(train.features.half(), test.features, k=7, memory_chunk=64)
-    full = torch.nn.functional.normalize(test.features, dim=1) @ torch.nn.functional.normalize(
-        train.features.half().float(), dim=1
-    ).T
+    full = (
+        torch.nn.functional.normalize(test.features, dim=1)
+        @ torch.nn.functional.normalize(train.features.half().float(), dim=1).T
+    )
     want_s, want_i = full.topk(7, dim=1)
     torch.testing.assert_close(sims, want_s)
     assert torch.equal(idx, want_i)

@@ -9,8 +9,9 @@ import pytest
 
 from ijepa_ds.cli.eval_cmd import ACTIONS, configure_eval, eval_args_from
 from ijepa_ds.eval.args import ACTIONS as EVAL_ACTIONS
-from ijepa_ds.eval.args import EvalArgs
+from ijepa_ds.eval.args import POS_INTERP, EvalArgs
 from ijepa_ds.eval.features import POOLS
+from ijepa_ds.models.pos_embed import POS_INTERP_MODES
 
 pytestmark = pytest.mark.fast
 
@@ -31,6 +32,17 @@ def test_the_cli_offers_exactly_the_pools_features_implements():
     linear = parser._subparsers._group_actions[0].choices["linear"]
     pool = next(a for a in linear._actions if a.dest == "pool")
     assert tuple(pool.choices) == POOLS
+
+
+def test_the_cli_offers_exactly_the_position_modes_the_model_implements():
+    parser = argparse.ArgumentParser()
+    configure_eval(parser)
+    knn = parser._subparsers._group_actions[0].choices["knn"]
+    pos = next(a for a in knn._actions if a.dest == "pos_interp")
+    assert tuple(pos.choices) == POS_INTERP == POS_INTERP_MODES
+    assert _parse("knn", "r", "--pos-interp", "bicubic").pos_interp == "bicubic"
+    with pytest.raises(ValueError, match="--pos-interp 'nearest'"):
+        EvalArgs(action="knn", source="r", pos_interp="nearest")
 
 
 @pytest.mark.parametrize("action", EVAL_ACTIONS)

@@ -116,6 +116,20 @@ def test_lowshot_and_pool_flag(run_dir, tmp_path):
     assert not (out / "features").exists()
 
 
+def test_a_larger_eval_size_takes_positions_from_the_chosen_mode(run_dir):
+    """32 px on a 16 px encoder: an 8x8 grid for a 4x4 table; each mode gives its own
+    features (cached apart) and the report records the mode."""
+    for mode in ("sincos", "bicubic"):
+        argv = ["--crop-size", "32", "--resize-size", "32", "--pos-interp", mode]
+        assert ijepa_eval("knn", str(run_dir), *argv) == 0
+        settings = json.loads((run_dir / "eval" / "knn.json").read_text())["settings"]
+        assert (settings["pos_interp"], settings["crop_size"]) == (mode, 32)
+    payloads = [torch.load(f) for f in (run_dir / "eval" / "features").glob("features-*.pt")]
+    train = [p["features"] for p in payloads if p["fields"]["split"] == "train"]
+    assert len(train) == 2 and train[0].shape == train[1].shape == (60, 32)
+    assert not torch.allclose(train[0], train[1])
+
+
 def test_visualize_writes_the_png(run_dir):
     assert ijepa_eval("visualize", str(run_dir), "--num-images", "3", "--upscale", "2") == 0
     with Image.open(run_dir / "eval" / "pca_test.png") as img:
