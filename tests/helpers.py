@@ -118,3 +118,15 @@ class LiveJob:
 
     def tail(self) -> str:
         return without_noise(self.output)[-8000:]
+
+
+def noisy_features(n: int, seed: int):
+    """A FeatureSet of n rows [n, 16] in 5 overlapping classes, so that kNN's k and T change
+    the answer (the kNN benches' tests)."""
+    import torch
+
+    from ijepa_ds.eval.features import FeatureSet
+
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 5, (n,), generator=gen)
+    return FeatureSet(torch.eye(5, 16)[y] + 0.9 * torch.randn(n, 16, generator=gen), y)

@@ -6,17 +6,10 @@ import pytest
 import torch
 
 from bench.knn_resolution import knn_top1, running_topk
-from ijepa_ds.eval.features import FeatureSet
 from ijepa_ds.eval.knn import knn_classify
+from tests.helpers import noisy_features as noisy
 
 pytestmark = pytest.mark.fast
-
-
-def noisy(n: int, seed: int) -> FeatureSet:
-    """Overlapping classes, so that k and T change the answer."""
-    gen = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 5, (n,), generator=gen)
-    return FeatureSet(torch.eye(5, 16)[y] + 0.9 * torch.randn(n, 16, generator=gen), y)
 
 
 def test_running_topk_over_memory_chunks_equals_one_topk():

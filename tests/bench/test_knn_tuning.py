@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from bench.knn_tuning import grid_top1, tune
-from ijepa_ds.eval.features import FeatureSet
 from ijepa_ds.eval.knn import knn_classify
+from tests.helpers import noisy_features as noisy
 
 pytestmark = pytest.mark.fast
-
-
-def noisy(n: int, seed: int) -> FeatureSet:
-    """Overlapping classes, so that k and T change the answer."""
-    gen = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 5, (n,), generator=gen)
-    return FeatureSet(torch.eye(5, 16)[y] + 0.9 * torch.randn(n, 16, generator=gen), y)
 
 
 def test_grid_top1_matches_the_eval_knn_at_every_pair():
