@@ -57,6 +57,11 @@ class DataConfig:
     prefetch_factor: int = _f(2, "Batches prefetched per worker (used only with workers > 0).")
     synthetic_size: int = _f(1024, "Number of images of the synthetic dataset.")
     synthetic_classes: int = _f(10, "Number of labels of the synthetic dataset.")
+    synthetic_load_s: float = _f(
+        0.0,
+        "Seconds each synthetic image takes to load (a sleep, as from slow storage): a floor on "
+        "step time, for loader benchmarks and for jobs that must outlast a time limit.",
+    )
 
 
 @dataclass

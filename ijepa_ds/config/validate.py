@@ -59,6 +59,9 @@ _RULES: list[Rule] = [
     ("data.prefetch_factor", lambda v, c: v >= 1, "must be >= 1"),
     ("data.synthetic_size", lambda v, c: v >= 1, "must be >= 1"),
     ("data.synthetic_classes", lambda v, c: v >= 1, "must be >= 1"),
+    ("data.synthetic_load_s", lambda v, c: v >= 0, "must be >= 0"),
+    ("data.synthetic_load_s", lambda v, c: v == 0 or c.data.dataset == "synthetic",
+     "applies to data.dataset=synthetic only, not {c.data.dataset!r}"),
     # mask
     ("mask.num_enc_masks", lambda v, c: v >= 1, "must be >= 1"),
     ("mask.num_pred_masks", lambda v, c: v >= 1, "must be >= 1"),

@@ -127,12 +127,14 @@ def build_dataset_from_config(data: Any, train: bool, transform: Callable | None
     """The dataset split that a ``data`` config section (``config.DataConfig``) names: the one
     place that knows the synthetic dataset's settings. Its train split holds
     ``data.synthetic_size`` images, its held-out split the default eval size; both have
-    ``data.synthetic_classes`` labels. Other datasets are read from ``data.root``."""
+    ``data.synthetic_classes`` labels and take ``data.synthetic_load_s`` to load. Other datasets
+    are read from ``data.root``."""
     if data.dataset == "synthetic":
         size = data.synthetic_size if train else None
         return build_dataset(
-            "synthetic", "", train, transform, num_samples=size, num_classes=data.synthetic_classes
-        )
+            "synthetic", "", train, transform, num_samples=size,
+            num_classes=data.synthetic_classes, load_seconds=data.synthetic_load_s,
+        )  # fmt: skip
     return build_dataset(data.dataset, data.root, train, transform)
 
 
@@ -150,6 +152,7 @@ def build_dataset(
     *,
     num_samples: int | None = None,
     num_classes: int | None = None,
+    load_seconds: float = 0.0,
 ) -> Dataset:
     """Dataset of ``(transform(PIL image), label)`` items by name.
 
@@ -157,18 +160,21 @@ def build_dataset(
       Debian package folder).
     - ``"image_folder"``: ImageNet layout, ``root/train/<class>/...`` or ``root/val/<class>/...``.
     - ``"synthetic"``: ``SyntheticImages`` (``root`` ignored; ``num_samples`` defaults to 2048
-      for train, 512 for eval, ``num_classes`` to 10; the eval split uses another seed).
+      for train, 512 for eval, ``num_classes`` to 10; the eval split uses another seed; each
+      item sleeps ``load_seconds``).
     """
     _check_kind(kind)
     if kind == "synthetic":
         size = num_samples if num_samples is not None else SYNTHETIC_SIZES[bool(train)]
         classes = num_classes if num_classes is not None else 10
         return SyntheticImages(
-            size, num_classes=classes, seed=0 if train else 1, transform=transform
-        )
-    if num_samples is not None or num_classes is not None:
+            size, num_classes=classes, seed=0 if train else 1, transform=transform,
+            load_seconds=load_seconds,
+        )  # fmt: skip
+    if num_samples is not None or num_classes is not None or load_seconds:
         raise ValueError(
-            f"num_samples/num_classes apply to the synthetic dataset only, not {kind!r}"
+            "num_samples/num_classes/load_seconds apply to the synthetic dataset only, "
+            f"not {kind!r}"
         )
     root = root or default_root(kind)
     if kind == "fashion_mnist":

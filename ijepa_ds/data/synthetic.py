@@ -9,6 +9,7 @@ image, in any process and any order.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,8 @@ class SyntheticImages(Dataset):
     """``num_samples`` images ``image_size`` x ``image_size`` with ``channels`` in {1, 3}.
 
     Items are ``(transform(PIL image), label)``; without a transform the image is a float
-    tensor ``[channels, image_size, image_size]`` in ``[0, 1]``.
+    tensor ``[channels, image_size, image_size]`` in ``[0, 1]``. Each item takes at least
+    ``load_seconds`` (a sleep, as reading from slow storage would), 0 by default.
     """
 
     def __init__(
@@ -36,9 +38,12 @@ class SyntheticImages(Dataset):
         seed: int = 0,
         transform: Callable[[Image.Image], Any] | None = None,
         noise_std: float = 0.08,
+        load_seconds: float = 0.0,
     ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"synthetic images have 1 or 3 channels, got {channels}")
+        if load_seconds < 0:
+            raise ValueError(f"load_seconds must be >= 0, got {load_seconds}")
         if num_samples <= 0 or image_size <= 0 or num_classes <= 0:
             raise ValueError(
                 f"num_samples ({num_samples}), image_size ({image_size}) and num_classes "
@@ -51,6 +56,7 @@ class SyntheticImages(Dataset):
         self.seed = seed
         self.transform = transform
         self.noise_std = noise_std
+        self.load_seconds = load_seconds
         self.targets = np.arange(num_samples, dtype=np.int64) % num_classes
 
     def __len__(self) -> int:
@@ -80,6 +86,8 @@ class SyntheticImages(Dataset):
         return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
+        if self.load_seconds:
+            time.sleep(self.load_seconds)
         arr = self.image_array(index)
         img = Image.fromarray(arr[..., 0] if self.channels == 1 else arr)
         label = int(self.targets[index])

@@ -14,7 +14,7 @@ EXPECTED_FIELDS = {
     "data": "dataset root crop_size crop_scale use_horizontal_flip use_color_distortion "
     "color_jitter_strength use_gaussian_blur normalize_mean normalize_std batch_size "
     "global_batch_size num_workers pin_memory persistent_workers prefetch_factor "
-    "synthetic_size synthetic_classes",
+    "synthetic_size synthetic_classes synthetic_load_s",
     "mask": "sampler num_enc_masks num_pred_masks enc_mask_scale pred_mask_scale aspect_ratio "
     "min_keep allow_overlap context_policy group_size",
     "model": "name patch_size in_chans embed_dim depth num_heads mlp_ratio qkv_bias "

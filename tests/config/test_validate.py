@@ -83,6 +83,10 @@ INVALID = [
     (["mask.context_policy=min"], "mask.context_policy='min'",
      "must be one of ['global_min', 'group_min', 'keep_all']"),
     (["mask.group_size=0"], "mask.group_size=0", "must be >= 1"),
+    (["data.dataset=synthetic", "data.synthetic_load_s=-0.1"], "data.synthetic_load_s=-0.1",
+     "must be >= 0"),
+    (["data.synthetic_load_s=0.1"], "data.synthetic_load_s=0.1",
+     "applies to data.dataset=synthetic only, not 'image_folder'"),
     (["data.global_batch_size=384", "mask.group_size=256"], "mask.group_size=256",
      "must divide the global batch 384 (data.global_batch_size=384)"),
 ]  # fmt: skip

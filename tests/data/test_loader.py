@@ -11,11 +11,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
+from ijepa_ds.config import load_config
 from ijepa_ds.data.fashion_mnist import DEBIAN_ROOT, FashionMNIST
 from ijepa_ds.data.image_folder import ImageFolder
 from ijepa_ds.data.loader import (
     PositionDataset,
     build_dataset,
+    build_dataset_from_config,
     build_train_loader,
     default_root,
 )
@@ -168,6 +170,8 @@ def test_build_dataset_dispatch(tmp_path) -> None:
         build_dataset("image_folder", str(tmp_path / "nope"), True, None)
     with pytest.raises(ValueError, match="synthetic dataset only, not 'fashion_mnist'"):
         build_dataset("fashion_mnist", "", True, None, num_samples=3)
+    with pytest.raises(ValueError, match="load_seconds apply to the synthetic dataset only"):
+        build_dataset("image_folder", str(tmp_path), True, None, load_seconds=0.1)
     assert default_root("fashion_mnist") == DEBIAN_ROOT
     assert default_root("image_folder") == ""
     with pytest.raises(ValueError, match=r"data\.dataset"):
@@ -185,3 +189,11 @@ def test_fashion_mnist_through_the_loader() -> None:
     imgs, labels, positions = next(iter(build_train_loader(ds, default_collate, 64, 32, 1, 2, 0)))
     assert imgs.shape == (32, 1, 28, 28) and positions.tolist() == list(range(32, 64))
     assert labels.min() >= 0 and labels.max() <= 9
+
+
+def test_synthetic_config_reaches_both_splits() -> None:
+    synthetic = ["data.dataset=synthetic", "data.synthetic_size=12", "data.synthetic_classes=4"]
+    data = load_config(None, [*synthetic, "data.synthetic_load_s=0.25"]).data
+    for train, size in ((True, 12), (False, 512)):
+        ds = build_dataset_from_config(data, train, None)
+        assert (len(ds), ds.num_classes, ds.load_seconds) == (size, 4, 0.25)

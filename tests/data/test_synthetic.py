@@ -57,3 +57,16 @@ def test_argument_checks() -> None:
         SyntheticImages(0)
     with pytest.raises(IndexError):
         SyntheticImages(10)[10]
+
+
+def test_load_seconds_sleeps_per_item_and_leaves_the_image_alone(monkeypatch) -> None:
+    slept = []
+    monkeypatch.setattr("ijepa_ds.data.synthetic.time.sleep", slept.append)
+    slow = SyntheticImages(4, image_size=8, load_seconds=0.3)
+    items = [slow[i][0] for i in range(4)]
+    assert slept == [0.3] * 4
+    fast = SyntheticImages(4, image_size=8)
+    assert all(torch.equal(a, fast[i][0]) for i, a in enumerate(items))
+    assert slept == [0.3] * 4  # the default loads without sleeping
+    with pytest.raises(ValueError, match="load_seconds must be >= 0"):
+        SyntheticImages(4, load_seconds=-1)

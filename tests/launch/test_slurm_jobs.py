@@ -36,11 +36,13 @@ from tests.train.equivalence_worker import OVERRIDES
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 STEPS = 20  # schedule.epochs=5 x 4 steps per epoch (64 synthetic images, global batch 16)
-# ~130 s of training on one unloaded rank: more than a 2-minute allocation holds once start-up is
-# counted, so the job must be requeued whatever its speed. SLURM sends USR2 anywhere from ~30 to
-# ~90 s into a 2-minute job with --signal-delay 60 (it checks time limits every ~30 s), so one
-# allocation trains ~15-75 s; 260 steps once finished inside the first one on CI.
-TIME_LIMIT_STEPS = 520
+# A 2-minute job with --signal-delay 60 gets USR2 anywhere from ~30 to ~90 s in (SLURM checks
+# time limits every ~30 s), so one allocation trains at most ~75 s. Each image takes
+# TIME_LIMIT_LOAD_S to load (data.synthetic_load_s), so the job trains at least
+# 128 steps x 16 images x 0.05 s = ~102 s however fast the machine computes: it must be requeued.
+# (Sized by step count alone, 520 steps once finished inside the first allocation.)
+TIME_LIMIT_STEPS = 128
+TIME_LIMIT_LOAD_S = 0.05
 TIME_LIMIT_TIMEOUT_S = 600  # 2-4 allocations, each up to ~90 s, plus requeue and start-up
 TINY = [*OVERRIDES, "schedule.max_steps=0", "logging.jsonl=true", "logging.log_every=1"]
 JOB_TIMEOUT_S = 360
@@ -57,10 +59,12 @@ class Jobs:
     cancelled: Submission
 
 
-def _submit(out: Path, name: str, options: str, epochs: int = 5) -> list[Submission]:
+def _submit(
+    out: Path, name: str, options: str, epochs: int = 5, extra: tuple[str, ...] = ()
+) -> list[Submission]:
     parser = add_slurm_arguments(argparse.ArgumentParser())
     args = parser.parse_args(
-        [*options.split(), "--job-name", name, "--config", "fmnist_tiny", *TINY]
+        [*options.split(), "--job-name", name, "--config", "fmnist_tiny", *TINY, *extra]
         + [f"schedule.epochs={epochs}", f"logging.output_dir={out}", f"logging.run_name={name}_%j"]
     )
     return submit(launch_options(SlurmLaunch, args))
@@ -89,8 +93,9 @@ def jobs(slurm_cluster, tmp_path_factory):
     out = tmp_path_factory.mktemp("slurm_runs")
     # Longest first: it mostly waits for its time limit.
     (time_limit,) = _submit(
-        out, "time_limit", "--time 2 --signal-delay 60 --max-requeues 12", TIME_LIMIT_STEPS // 4
-    )
+        out, "time_limit", "--time 2 --signal-delay 60 --max-requeues 12", TIME_LIMIT_STEPS // 4,
+        extra=(f"data.synthetic_load_s={TIME_LIMIT_LOAD_S}",),
+    )  # fmt: skip
     reference = ["--nodes", "2", "--time", "10", "--wait", "--config", "fmnist_tiny", *TINY]
     reference += ["schedule.epochs=5", f"logging.output_dir={out}", "logging.run_name=two_nodes_%j"]
     cli = subprocess.Popen(
