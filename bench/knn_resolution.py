@@ -20,7 +20,9 @@ kNN is the eval's (cosine, k 20, T 0.07 by default), on ``test`` (60k train imag
 the 10k test images as queries) and on ``val`` (54k as memory, the linear probe's seeded 6k
 as queries), so that a size can be chosen without looking at test. Tokens are held in fp16
 (S 56: 196 x 192 values per image, 4.5 GB for the train split); similarities are computed in
-fp32, one memory chunk at a time, keeping a running top-k.
+fp32, one memory chunk at a time, keeping a running top-k (``ijepa_ds.eval.knn``). The
+every-token rows are the eval's ``tokens`` pool: ``ijepa-ds eval knn RUN --pool tokens
+--crop-size 56 --resize-size 56 --pos-interp bicubic`` gives the ``test`` column's number.
 """
 
 from __future__ import annotations
@@ -35,47 +37,20 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from bench import common
 from ijepa_ds.eval import FeatureSet, split_train_val
 from ijepa_ds.eval.args import EvalArgs
 from ijepa_ds.eval.features import _grid_pool
-from ijepa_ds.eval.knn import votes_from_neighbours
+from ijepa_ds.eval.knn import knn_classify
 from ijepa_ds.eval.load import load_target_encoder, resolve_source, run_config
 from ijepa_ds.eval.run import build_split, resolve_settings
 
 
-@torch.no_grad()
-def running_topk(
-    memory: torch.Tensor,
-    queries: torch.Tensor,
-    k: int,
-    memory_chunk: int = 8192,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine top-k of every query over the memory, one memory chunk in fp32 at a time.
-
-    memory [N, F] and queries [M, F], any float dtype -> (similarities [M, k] fp32, descending;
-    memory indices [M, k] int64).
-    """
-    q = F.normalize(queries.float(), dim=1)
-    best_s = torch.full((len(q), 0), float("-inf"))
-    best_i = torch.zeros((len(q), 0), dtype=torch.long)
-    for start in range(0, len(memory), memory_chunk):
-        m = F.normalize(memory[start : start + memory_chunk].float(), dim=1)
-        s, i = (q @ m.T).topk(min(k, len(m)), dim=1)
-        best_s, pick = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), 1)
-        best_i = torch.cat([best_i, i + start], 1).gather(1, pick)
-    return best_s, best_i
-
-
 def knn_top1(train: FeatureSet, test: FeatureSet, k: int, temperature: float) -> float:
-    """The eval's weighted-vote kNN top-1 (%) of test against train, via ``running_topk``."""
-    sims, idx = running_topk(train.features, test.features, k)
-    classes = int(max(train.labels.max(), test.labels.max())) + 1
-    votes = votes_from_neighbours(sims, train.labels[idx], temperature, classes)
-    return 100.0 * (votes.argmax(dim=1) == test.labels).float().mean().item()
+    """The eval's weighted-vote kNN top-1 (%) of test against train."""
+    return knn_classify(train, test, k, temperature).top1
 
 
 def val_and_test(pair: list[FeatureSet], k: int, temperature: float) -> tuple[float, float]:

@@ -71,9 +71,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--pool",
-        choices=("avg", "last4", "grid2"),  # ijepa_ds.eval.features.POOLS (tests/cli checks)
+        choices=("avg", "last4", "grid2", "tokens"),  # ijepa_ds.eval.features.POOLS (tests/cli)
         default=None,
-        help="features; default: the run's eval.feature_pool",
+        help="features: avg, last4 or grid2 (patch-averaged), or tokens (every last-layer "
+        "token, fp16, knn only); default: the run's eval.feature_pool",
     )
     p.add_argument("--batch-size", type=int, default=None, help="extraction batch per rank")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")

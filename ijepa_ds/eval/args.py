@@ -67,3 +67,8 @@ class EvalArgs:
             raise ValueError(f"eval action {self.action!r}: expected one of {ACTIONS}")
         if self.pos_interp is not None and self.pos_interp not in POS_INTERP:
             raise ValueError(f"--pos-interp {self.pos_interp!r}: expected one of {POS_INTERP}")
+        if self.pool == "tokens" and self.action != "knn":
+            raise ValueError(
+                f"--pool tokens is for knn only, not {self.action}: it is every token of every "
+                "image (h w D values each, kept in fp16); use grid2 or last4 for a linear probe"
+            )

@@ -13,6 +13,10 @@ Pools (the paper's two linear-probe inputs, no [cls] token in I-JEPA):
   patch grid (adaptive 2x2 average pool over the h x w patches), concatenated row-major, width
   4 D. It keeps the coarse layout that "avg" throws away: on small, centred images (Fashion-MNIST)
   the layout is much of what separates the classes, and raw pixels keep all of it.
+- ``"tokens"``: every token of the last layer (after ``encoder.norm``), concatenated in
+  row-major patch order, width h w D for an h x w patch grid. It keeps everything the encoder
+  computed, and it is wide (14 x 14 x 192 = 37,632 for a ViT-Tiny/4 at 56 px), so it is stored
+  in fp16 and meant for kNN, which reads it one chunk at a time (``eval.knn``).
 
 Extraction runs the encoder in eval mode under ``torch.no_grad()``. When a
 ``torch.distributed`` process group is initialised (``torchrun``), rank r encodes the r-th
@@ -37,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ijepa_ds.fileio import atomic_torch_save
 from ijepa_ds.models import VisionTransformer
 
-POOLS = ("avg", "last4", "grid2")
+POOLS = ("avg", "last4", "grid2", "tokens")
 CACHE_FORMAT = 1
 
 
@@ -45,8 +49,8 @@ CACHE_FORMAT = 1
 class FeatureSet:
     """Features of one dataset split, in dataset order.
 
-    features: [N, F] float32 on CPU (F = ``pool_width``: D for "avg", 4 D for "last4" and
-    "grid2"); labels: [N] int64.
+    features: [N, F] on CPU (F = ``pool_width``: D for "avg", 4 D for "last4" and "grid2",
+    h w D for "tokens"), float32, or float16 for "tokens" (``pool_dtype``); labels: [N] int64.
     """
 
     features: torch.Tensor
@@ -69,6 +73,8 @@ def pool_features(encoder: VisionTransformer, imgs: torch.Tensor, pool: str) -> 
         return encoder(imgs).mean(dim=1)
     if pool == "grid2":
         return _grid_pool(encoder(imgs), imgs.shape[-2:], encoder, side=2)
+    if pool == "tokens":
+        return encoder(imgs).flatten(1)
     if len(encoder.blocks) < 4:
         raise ValueError(
             f"pool 'last4' needs an encoder with >= 4 blocks, got {len(encoder.blocks)}"
@@ -104,9 +110,19 @@ def _grid_pool(
     return pooled.permute(0, 2, 3, 1).flatten(1)
 
 
-def pool_width(pool: str, embed_dim: int) -> int:
-    """Feature width F of ``pool`` for an encoder of width D = embed_dim."""
-    return embed_dim * {"avg": 1, "last4": 4, "grid2": 4}[check_pool(pool)]
+def pool_width(pool: str, embed_dim: int, num_patches: int | None = None) -> int:
+    """Feature width F of ``pool`` for an encoder of width D = embed_dim (``num_patches`` =
+    h w, the eval image's patch count, is needed for "tokens" only)."""
+    if check_pool(pool) == "tokens":
+        if num_patches is None:
+            raise ValueError("pool 'tokens' has width num_patches x embed_dim: give num_patches")
+        return num_patches * embed_dim
+    return embed_dim * {"avg": 1, "last4": 4, "grid2": 4}[pool]
+
+
+def pool_dtype(pool: str) -> torch.dtype:
+    """How ``pool``'s features are stored: fp16 for "tokens" (kNN only), fp32 otherwise."""
+    return torch.float16 if check_pool(pool) == "tokens" else torch.float32
 
 
 def _shard_indices(n: int) -> tuple[list[int], int]:
@@ -140,8 +156,8 @@ def extract_features(
 ) -> FeatureSet:
     """Encode every ``(img, label)`` item of ``dataset`` with the frozen encoder.
 
-    Returns features [N, F] (float32, CPU) and labels [N]; under an initialised process group
-    every rank encodes its shard and receives all N rows.
+    Returns features [N, F] (``pool_dtype(pool)``, CPU) and labels [N]; under an initialised
+    process group every rank encodes its shard and receives all N rows.
     """
     check_pool(pool)
     device = torch.device(device) if device is not None else _default_device()
@@ -158,16 +174,27 @@ def extract_features(
     feats, labels = [], []
     for imgs, targets in loader:
         out = pool_features(encoder, imgs.to(device, non_blocking=True), pool)
-        feats.append(out.float())
+        feats.append(out.to(pool_dtype(pool)))
         labels.append(torch.as_tensor(targets, dtype=torch.long, device=device))
     encoder.train(was_training)
-    width = pool_width(pool, encoder.embed_dim)  # an empty shard's, for the all-gather
-    local_feats = torch.cat(feats) if feats else torch.zeros(0, width, device=device)
+    local_feats = torch.cat(feats) if feats else _empty_shard(encoder, dataset, pool, device)
     local_labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
     # gloo gathers CPU tensors, nccl CUDA tensors: gather where the features already live.
     all_feats = _gather_shards(local_feats, len(dataset), max_len)
     all_labels = _gather_shards(local_labels, len(dataset), max_len)
     return FeatureSet(all_feats.cpu(), all_labels.cpu())
+
+
+def _empty_shard(
+    encoder: VisionTransformer, dataset: Dataset, pool: str, device: torch.device
+) -> torch.Tensor:
+    """[0, F] features of a rank with no rows, shaped for the all-gather of the others'."""
+    num_patches = None
+    if pool == "tokens" and len(dataset):
+        height, width = dataset[0][0].shape[-2:]
+        num_patches = (height // encoder.patch_size) * (width // encoder.patch_size)
+    shape = (0, pool_width(pool, encoder.embed_dim, num_patches))
+    return torch.zeros(shape, dtype=pool_dtype(pool), device=device)
 
 
 def _default_device() -> torch.device:

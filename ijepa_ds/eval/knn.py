@@ -70,29 +70,55 @@ def votes_from_neighbours(
     return votes.scatter_add_(1, top_labels, weights)
 
 
+@torch.no_grad()
+def running_topk(
+    memory: torch.Tensor,
+    queries: torch.Tensor,
+    k: int,
+    memory_chunk: int = 8192,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine top-k of every query over the memory, one memory chunk in fp32 at a time.
+
+    memory [N, F] and queries [M, F], any float dtype and device -> (similarities [M, k'] fp32,
+    descending; memory indices [M, k'] int64), both on ``device``, with k' = min(k, N). Only one
+    chunk of the memory is ever in fp32 on ``device``: [memory_chunk, F].
+    """
+    dev = torch.device(device)
+    q = F.normalize(queries.to(dev).float(), dim=1)
+    best_s = torch.full((len(q), 0), float("-inf"), device=dev)
+    best_i = torch.zeros((len(q), 0), dtype=torch.long, device=dev)
+    for start in range(0, len(memory), memory_chunk):
+        m = F.normalize(memory[start : start + memory_chunk].to(dev).float(), dim=1)
+        s, i = (q @ m.T).topk(min(k, len(m)), dim=1)
+        keep = min(k, best_s.shape[1] + s.shape[1])
+        best_s, pick = torch.cat([best_s, s], 1).topk(keep, dim=1)
+        best_i = torch.cat([best_i, i + start], 1).gather(1, pick)
+    return best_s, best_i
+
+
 def knn_classify(
     train: FeatureSet,
     test: FeatureSet,
     k: int = 20,
     temperature: float = 0.07,
     num_classes: int | None = None,
-    chunk: int = 512,
+    chunk: int = 8192,
     device: str = "cpu",
 ) -> KNNResult:
-    """Top-1/top-5 of the weighted kNN vote, test rows processed ``chunk`` at a time."""
+    """Top-1/top-5 of the weighted kNN vote; the train rows are searched ``chunk`` at a time
+    (``running_topk``), the test rows all at once (in fp32 on ``device``)."""
+    if k < 1 or temperature <= 0:
+        raise ValueError(f"kNN needs k >= 1 and temperature > 0, got k={k}, T={temperature}")
     dev = torch.device(device)
-    train_x, train_y = train.features.to(dev), train.labels.to(dev)
+    train_y, y = train.labels.to(dev), test.labels.to(dev)
     if num_classes is None:
-        num_classes = int(max(train_y.max().item(), test.labels.max().item())) + 1
-    hits1 = hits5 = 0
-    for start in range(0, len(test), chunk):
-        x = test.features[start : start + chunk].to(dev)
-        y = test.labels[start : start + chunk].to(dev)
-        votes = knn_votes(train_x, train_y, x, k, temperature, num_classes)
-        ranked = votes.argsort(dim=1, descending=True, stable=True)
-        hits1 += (ranked[:, 0] == y).sum().item()
-        if num_classes >= 5:
-            hits5 += (ranked[:, :5] == y[:, None]).any(dim=1).sum().item()
+        num_classes = int(max(train_y.max().item(), y.max().item())) + 1
+    top_sims, top_idx = running_topk(train.features, test.features, k, chunk, dev)
+    votes = votes_from_neighbours(top_sims, train_y[top_idx], temperature, num_classes)
+    ranked = votes.argsort(dim=1, descending=True, stable=True)
+    hits1 = (ranked[:, 0] == y).sum().item()
+    hits5 = (ranked[:, :5] == y[:, None]).any(dim=1).sum().item() if num_classes >= 5 else 0
     n = max(len(test), 1)
     return KNNResult(
         top1=100.0 * hits1 / n,

@@ -32,6 +32,9 @@ def test_the_cli_offers_exactly_the_pools_features_implements():
     linear = parser._subparsers._group_actions[0].choices["linear"]
     pool = next(a for a in linear._actions if a.dest == "pool")
     assert tuple(pool.choices) == POOLS
+    assert _parse("knn", "r", "--pool", "tokens").pool == "tokens"
+    with pytest.raises(ValueError, match="--pool tokens is for knn only, not linear"):
+        _parse("linear", "r", "--pool", "tokens")
 
 
 def test_the_cli_offers_exactly_the_position_modes_the_model_implements():

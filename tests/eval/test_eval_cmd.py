@@ -13,6 +13,7 @@ from PIL import Image
 from ijepa_ds.cli.eval_cmd import configure_eval
 from ijepa_ds.cli.main import build_parser
 from ijepa_ds.config import ConfigError, config_from_dict, dump_yaml
+from ijepa_ds.eval import FeatureSet, knn_classify
 from ijepa_ds.eval import features as features_module
 from ijepa_ds.models import VisionTransformer
 from tests.helpers import REPO, cpu_env, torchrun
@@ -128,6 +129,26 @@ def test_a_larger_eval_size_takes_positions_from_the_chosen_mode(run_dir):
     train = [p["features"] for p in payloads if p["fields"]["split"] == "train"]
     assert len(train) == 2 and train[0].shape == train[1].shape == (60, 32)
     assert not torch.allclose(train[0], train[1])
+
+
+def test_knn_over_every_token_at_a_larger_eval_size(run_dir):
+    """--pool tokens at 32 px: 8x8 tokens of width 32 per image, cached in fp16, scored as the
+    eval's kNN scores those rows."""
+    argv = ["--pool", "tokens", "--crop-size", "32", "--resize-size", "32", "--k", "3"]
+    assert ijepa_eval("knn", str(run_dir), *argv, "--pos-interp", "bicubic") == 0
+    report = json.loads((run_dir / "eval" / "knn.json").read_text())
+    assert report["settings"]["pool"] == "tokens"
+    payloads = {
+        p["fields"]["split"]: p
+        for p in map(torch.load, (run_dir / "eval" / "features").glob("features-*.pt"))
+    }
+    train, test = (payloads[split]["features"] for split in ("train", "test"))
+    assert train.dtype == test.dtype == torch.float16 and train.shape == (60, 64 * 32)
+    sets = [FeatureSet(payloads[s]["features"], payloads[s]["labels"]) for s in ("train", "test")]
+    want = knn_classify(*sets, k=3, temperature=report["results"][0]["temperature"])
+    assert report["results"][0]["top1"] == pytest.approx(want.top1)
+    with pytest.raises(ValueError, match="knn only"):
+        ijepa_eval("linear", str(run_dir), "--pool", "tokens")
 
 
 def test_visualize_writes_the_png(run_dir):

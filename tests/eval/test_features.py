@@ -16,6 +16,7 @@ from ijepa_ds.eval.features import (
     cached_features,
     encoder_fingerprint,
     extract_features,
+    pool_dtype,
     pool_features,
     pool_width,
 )
@@ -89,7 +90,19 @@ def test_grid2_averages_each_quarter_of_the_patch_grid_row_major():
 def test_pool_width_is_the_extracted_width(pool):
     enc, data = tiny_encoder(), tiny_dataset(3)
     out = extract_features(enc, data, pool, batch_size=2)
-    assert out.features.shape == (3, pool_width(pool, 32))
+    assert out.features.shape == (3, pool_width(pool, 32, num_patches=16))  # 16 px, patch 4
+    assert out.features.dtype == pool_dtype(pool)
+
+
+def test_tokens_are_every_normed_last_layer_token_in_fp16():
+    enc, data = tiny_encoder(), tiny_dataset(5)
+    out = extract_features(enc, data, "tokens", batch_size=2).features
+    with torch.no_grad():
+        want = enc(data.tensors[0]).flatten(1)  # [5, 16 patches x 32]
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out.float(), want, atol=2e-3, rtol=2e-3)
+    with pytest.raises(ValueError, match="give num_patches"):
+        pool_width("tokens", 32)
 
 
 def test_grid2_rejects_a_grid_smaller_than_two_patches():
@@ -162,7 +175,8 @@ RANK_SCRIPT = textwrap.dedent(
 @pytest.mark.distributed
 @pytest.mark.parametrize(
     "n, pool",
-    [(11, "last4"), (1, "grid2")],  # 1 row: rank 1's shard is empty, of the pool's width
+    # 1 row: rank 1's shard is empty, of the pool's width (and, for tokens, fp16)
+    [(11, "last4"), (1, "grid2"), (1, "tokens")],
 )
 def test_two_ranks_extract_shards_and_gather_the_whole_dataset(tmp_path, n, pool):
     port = str(free_port())

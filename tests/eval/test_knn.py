@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ijepa_ds.eval.features import FeatureSet
-from ijepa_ds.eval.knn import knn_classify, knn_votes
+from ijepa_ds.eval.knn import knn_classify, knn_votes, running_topk
+from tests.helpers import noisy_features
 
 
 def clusters(n_per_class: int, seed: int, classes: int = 6) -> FeatureSet:
@@ -54,3 +55,34 @@ def test_k_is_capped_at_the_train_size_and_validated():
     assert result.k == 3 and result.top1 == 100.0
     with pytest.raises(ValueError, match="temperature"):
         knn_votes(train.features, train.labels, train.features, 1, 0.0, 3)
+    with pytest.raises(ValueError, match="k >= 1"):
+        knn_classify(train, train, k=0)
+
+
+def test_running_topk_over_memory_chunks_equals_one_topk_over_fp16_memory():
+    train, test = noisy_features(301, 0), noisy_features(40, 1)
+    sims, idx = running_topk(train.features.half(), test.features, k=7, memory_chunk=64)
+    memory = torch.nn.functional.normalize(train.features.half().float(), dim=1)
+    want_s, want_i = (torch.nn.functional.normalize(test.features, dim=1) @ memory.T).topk(7)
+    torch.testing.assert_close(sims, want_s)
+    assert torch.equal(idx, want_i)
+
+
+def test_fewer_memory_rows_than_k_use_them_all():
+    train, test = noisy_features(5, 4), noisy_features(9, 5)
+    sims, idx = running_topk(train.features, test.features, k=20, memory_chunk=2)
+    assert sims.shape == (9, 5) and sorted(idx[0].tolist()) == list(range(5))
+
+
+@pytest.mark.parametrize(("k", "temperature"), [(1, 0.07), (20, 0.07), (40, 1.0)])
+def test_chunked_classify_scores_as_one_vote_over_all_similarities(k, temperature):
+    train, test = noisy_features(300, 2), noisy_features(170, 3)
+    votes = knn_votes(train.features, train.labels, test.features, k, temperature, 5)
+    ranked = votes.argsort(dim=1, descending=True, stable=True)
+    want1 = 100.0 * (ranked[:, 0] == test.labels).float().mean().item()
+    want5 = 100.0 * (ranked[:, :5] == test.labels[:, None]).any(1).float().mean().item()
+    for chunk in (1, 37, 8192):
+        got = knn_classify(train, test, k, temperature, chunk=chunk)
+        assert (got.top1, got.top5) == (pytest.approx(want1), pytest.approx(want5))
+    fp16 = FeatureSet(train.features.half(), train.labels)
+    assert knn_classify(fp16, test, k, temperature, chunk=64).top1 == pytest.approx(want1, abs=1.5)
