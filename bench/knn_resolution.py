@@ -53,17 +53,22 @@ def knn_top1(train: FeatureSet, test: FeatureSet, k: int, temperature: float) ->
     return knn_classify(train, test, k, temperature).top1
 
 
-def val_and_test(pair: list[FeatureSet], k: int, temperature: float) -> tuple[float, float]:
-    """(val top-1, test top-1) of [train, test] FeatureSets, val as in ``bench.knn_tuning``."""
-    train, test = pair
+def val_top1(train: FeatureSet, k: int, temperature: float) -> float:
+    """kNN top-1 (%) of the linear probe's seeded 10% of train as queries against the other
+    90% as memory (as ``bench.knn_tuning``)."""
     tr, va = split_train_val(len(train.labels), 0.1, 0)
-    val = knn_top1(
+    return knn_top1(
         FeatureSet(train.features[tr], train.labels[tr]),
         FeatureSet(train.features[va], train.labels[va]),
         k,
         temperature,
     )
-    return val, knn_top1(train, test, k, temperature)
+
+
+def val_and_test(pair: list[FeatureSet], k: int, temperature: float) -> tuple[float, float]:
+    """(val top-1, test top-1) of [train, test] FeatureSets (val: ``val_top1``)."""
+    train, test = pair
+    return val_top1(train, k, temperature), knn_top1(train, test, k, temperature)
 
 
 def sized_settings(source: str, encoder, size: int):

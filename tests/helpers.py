@@ -130,3 +130,52 @@ def noisy_features(n: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 5, (n,), generator=gen)
     return FeatureSet(torch.eye(5, 16)[y] + 0.9 * torch.randn(n, 16, generator=gen), y)
+
+
+# A tiny synthetic run for eval tests: 16 px grey images, ViT D 32 depth 4 patch 4 (4x4 grid).
+TINY_EVAL_RUN_CONFIG = {
+    "data": {
+        "dataset": "synthetic",
+        "crop_size": 16,
+        "normalize_mean": [0.5],
+        "normalize_std": [0.25],
+        "synthetic_size": 60,
+    },
+    "model": {
+        "name": "vit_tiny",
+        "patch_size": 4,
+        "in_chans": 1,
+        "embed_dim": 32,
+        "depth": 4,
+        "num_heads": 2,
+    },
+    "eval": {
+        "knn_k": 5,
+        "linear_lrs": [0.1],
+        "linear_wds": [0.0],
+        "linear_epochs": 3,
+        "batch_size": 32,
+        "low_shot_fractions": [0.5],
+    },
+}
+
+
+def write_tiny_eval_run(run: Path, seed: int = 0) -> Path:
+    """A run folder as the trainer leaves it: ``TINY_EVAL_RUN_CONFIG`` as config.yaml and one
+    complete checkpoint (step 7) of a target encoder initialised with torch seed ``seed``."""
+    import torch
+
+    from ijepa_ds.config import config_from_dict, dump_yaml
+    from ijepa_ds.models import VisionTransformer
+
+    step = run / "checkpoints" / "step_00000007"
+    step.mkdir(parents=True)
+    dump_yaml(config_from_dict(TINY_EVAL_RUN_CONFIG), run / "config.yaml")
+    torch.manual_seed(seed)
+    enc = VisionTransformer(
+        img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=4, num_heads=2
+    )
+    torch.save({"state_dict": enc.state_dict()}, step / "target_encoder.pt")
+    (step / "COMPLETE").write_text("{}\n")
+    (run / "checkpoints" / "latest").write_text("step_00000007\n")
+    return run

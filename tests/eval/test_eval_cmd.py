@@ -12,54 +12,16 @@ from PIL import Image
 
 from ijepa_ds.cli.eval_cmd import configure_eval
 from ijepa_ds.cli.main import build_parser
-from ijepa_ds.config import ConfigError, config_from_dict, dump_yaml
+from ijepa_ds.config import ConfigError
 from ijepa_ds.eval import FeatureSet, knn_classify
 from ijepa_ds.eval import features as features_module
-from ijepa_ds.models import VisionTransformer
-from tests.helpers import REPO, cpu_env, torchrun
-
-RUN_CONFIG = {
-    "data": {
-        "dataset": "synthetic",
-        "crop_size": 16,
-        "normalize_mean": [0.5],
-        "normalize_std": [0.25],
-        "synthetic_size": 60,
-    },
-    "model": {
-        "name": "vit_tiny",
-        "patch_size": 4,
-        "in_chans": 1,
-        "embed_dim": 32,
-        "depth": 4,
-        "num_heads": 2,
-    },
-    "eval": {
-        "knn_k": 5,
-        "linear_lrs": [0.1],
-        "linear_wds": [0.0],
-        "linear_epochs": 3,
-        "batch_size": 32,
-        "low_shot_fractions": [0.5],
-    },
-}
+from tests.helpers import REPO, cpu_env, torchrun, write_tiny_eval_run
 
 
 @pytest.fixture
 def run_dir(tmp_path):
     """A run folder as the trainer leaves it: config.yaml and one complete checkpoint."""
-    run = tmp_path / "run"
-    step = run / "checkpoints" / "step_00000007"
-    step.mkdir(parents=True)
-    dump_yaml(config_from_dict(RUN_CONFIG), run / "config.yaml")
-    torch.manual_seed(0)
-    enc = VisionTransformer(
-        img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=4, num_heads=2
-    )
-    torch.save({"state_dict": enc.state_dict()}, step / "target_encoder.pt")
-    (step / "COMPLETE").write_text("{}\n")
-    (run / "checkpoints" / "latest").write_text("step_00000007\n")
-    return run
+    return write_tiny_eval_run(tmp_path / "run")
 
 
 def ijepa_eval(*argv: str) -> int:
