@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ijepa_ds.fileio import atomic_torch_save
 from ijepa_ds.models import VisionTransformer
+from ijepa_ds.observability.progress import format_eta
 
 POOLS = ("avg", "last4", "grid2", "tokens")
 CACHE_FORMAT = 1
@@ -153,11 +156,15 @@ def extract_features(
     batch_size: int = 256,
     num_workers: int = 0,
     device: torch.device | str | None = None,
+    label: str = "",
+    progress_every_s: float = 30.0,
 ) -> FeatureSet:
     """Encode every ``(img, label)`` item of ``dataset`` with the frozen encoder.
 
     Returns features [N, F] (``pool_dtype(pool)``, CPU) and labels [N]; under an initialised
-    process group every rank encodes its shard and receives all N rows.
+    process group every rank encodes its shard and receives all N rows. Rank 0 prints a
+    progress line (``features LABEL: n/N images | r img/s | ETA``, n and r over all ranks,
+    assuming equal shards) to stderr at most every ``progress_every_s`` seconds.
     """
     check_pool(pool)
     device = torch.device(device) if device is not None else _default_device()
@@ -172,10 +179,12 @@ def extract_features(
         pin_memory=device.type == "cuda",
     )
     feats, labels = [], []
+    report = _Progress(label, len(dataset), len(indices), progress_every_s)
     for imgs, targets in loader:
         out = pool_features(encoder, imgs.to(device, non_blocking=True), pool)
         feats.append(out.to(pool_dtype(pool)))
         labels.append(torch.as_tensor(targets, dtype=torch.long, device=device))
+        report.advance(len(imgs))
     encoder.train(was_training)
     local_feats = torch.cat(feats) if feats else _empty_shard(encoder, dataset, pool, device)
     local_labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
@@ -183,6 +192,35 @@ def extract_features(
     all_feats = _gather_shards(local_feats, len(dataset), max_len)
     all_labels = _gather_shards(local_labels, len(dataset), max_len)
     return FeatureSet(all_feats.cpu(), all_labels.cpu())
+
+
+class _Progress:
+    """Extraction progress on rank 0: every rank encodes a shard of about the same size, so
+    the whole dataset advances ``total / shard`` images per image of rank 0's shard."""
+
+    def __init__(self, label: str, total: int, shard: int, every_s: float) -> None:
+        rank0 = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+        self.active = rank0 and shard > 0
+        self.name = f"features {label}".rstrip()
+        self.total, self.scale, self.every_s = total, total / max(shard, 1), every_s
+        self.done, self.start = 0, time.perf_counter()
+        self.last = self.start
+
+    def advance(self, images: int) -> None:
+        self.done += images
+        now = time.perf_counter()
+        if not self.active or now - self.last < self.every_s:
+            return
+        self.last = now
+        done = min(self.total, round(self.done * self.scale))
+        rate = done / max(now - self.start, 1e-9)
+        eta = format_eta((self.total - done) / rate) if rate > 0 else "--"
+        print(
+            f"{self.name}: {done}/{self.total} images ({100 * done / self.total:.0f}%) "
+            f"| {rate:.0f} img/s | ETA {eta}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _empty_shard(
@@ -250,7 +288,7 @@ def cached_features(
     ``cache_dir=None`` disables the cache. Rank 0 writes the file (atomically, via rename).
     """
     if cache_dir is None:
-        return extract_features(encoder, dataset, pool, batch_size, num_workers, device)
+        return extract_features(encoder, dataset, pool, batch_size, num_workers, device, split)
     fields = {
         "format": CACHE_FORMAT,
         "encoder": encoder_fingerprint(encoder),
@@ -264,7 +302,7 @@ def cached_features(
     hit = _read_cache(path, fields)
     if _all_ranks_agree(hit is not None):
         return hit
-    result = extract_features(encoder, dataset, pool, batch_size, num_workers, device)
+    result = extract_features(encoder, dataset, pool, batch_size, num_workers, device, split)
     if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
         payload = {"fields": fields, "features": result.features, "labels": result.labels}
         atomic_torch_save(payload, path)

@@ -105,6 +105,20 @@ def test_tokens_are_every_normed_last_layer_token_in_fp16():
         pool_width("tokens", 32)
 
 
+def test_extraction_reports_progress_with_rate_and_eta(capsys):
+    enc, data = tiny_encoder(), tiny_dataset(5)
+    extract_features(enc, data, "avg", batch_size=2, label="train", progress_every_s=0)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" |")[0] for line in lines] == [
+        "features train: 2/5 images (40%)",
+        "features train: 4/5 images (80%)",
+        "features train: 5/5 images (100%)",
+    ]
+    assert all(" img/s | ETA " in line for line in lines) and lines[-1].endswith("ETA 0:00:00")
+    extract_features(enc, data, "avg", batch_size=2)  # the default: at most every 30 s
+    assert capsys.readouterr().err == ""
+
+
 def test_grid2_rejects_a_grid_smaller_than_two_patches():
     enc = VisionTransformer(img_size=4, patch_size=4, in_chans=1, embed_dim=8, depth=1, num_heads=1)
     with pytest.raises(ValueError, match="at least 2x2"):
