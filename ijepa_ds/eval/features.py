@@ -312,7 +312,9 @@ def cached_features(
 def _read_cache(path: Path, fields: Mapping[str, Any]) -> FeatureSet | None:
     if not path.is_file():
         return None
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    # mmap: pages are read when touched, so a rank that never reads the features (not rank 0
+    # in ``ijepa-ds eval``) costs no memory, and rank 0 never holds a second copy.
+    payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     if payload.get("fields") != dict(fields):
         return None
     return FeatureSet(payload["features"], payload["labels"])
