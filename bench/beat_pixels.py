@@ -65,12 +65,13 @@ def knn_val(source: Path, size: int, k: int, temperature: float) -> float:
 
 def encoder_row(name: str, source: Path, size: int, out: Path, commands: list[str]) -> dict:
     """The four numbers of one encoder at eval size ``size`` (see the module docstring)."""
+    folder = f"eval{size}"  # SOURCE/eval56-grid2, SOURCE/eval56-tokens
     linear, cmd = eval_cli(
-        "linear", source, out / f"{source.name}.linear.log", "grid2", sized_flags(size), "eval56"
+        "linear", source, out / f"{source.name}.linear.log", "grid2", sized_flags(size), folder
     )
     commands.append(" ".join(cmd))
     knn, cmd = eval_cli(
-        "knn", source, out / f"{source.name}.knn.log", "tokens", sized_flags(size), "eval56"
+        "knn", source, out / f"{source.name}.knn.log", "tokens", sized_flags(size), folder
     )
     commands.append(" ".join(cmd))
     values = {
@@ -109,13 +110,13 @@ def verdicts(rows: list[dict]) -> list[str]:
     pixel_rows = [r for r in rows if r["features"] == "raw pixels"]
     lines = []
     for row in (r for r in rows if r["features"] != "raw pixels"):
-        margins = []
+        margins, passed = [], True
         for metric in METRICS:
             best = max(pixel_rows, key=lambda r: r[metric])
             delta = row[metric] - best[metric]
             word = "beats" if delta > 0 else "does not beat"
             margins.append(f"{metric}: {word} pixels at {best['size']} ({delta:+.2f})")
-        passed = all(row[m] > max(r[m] for r in pixel_rows) for m in METRICS)
+            passed = passed and delta > 0
         lines.append(
             f"- {row['features']}: {'; '.join(margins)}. "
             f"**{'Beats' if passed else 'Does not beat'} the best pixel row on all four.**"

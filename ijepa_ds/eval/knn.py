@@ -49,13 +49,17 @@ def knn_votes(
     return votes_from_similarities(sims, train_y, k, temperature, num_classes)
 
 
+def _check_knn(k: int, temperature: float) -> None:
+    if k < 1 or temperature <= 0:
+        raise ValueError(f"kNN needs k >= 1 and temperature > 0, got k={k}, T={temperature}")
+
+
 def votes_from_similarities(
     sims: torch.Tensor, train_y: torch.Tensor, k: int, temperature: float, num_classes: int
 ) -> torch.Tensor:
     """Class votes [M, C] from similarities sims [M, N] of M test rows to N train rows with
     labels train_y [N] (the vote of ``knn_votes``, for callers that build sims themselves)."""
-    if k < 1 or temperature <= 0:
-        raise ValueError(f"kNN needs k >= 1 and temperature > 0, got k={k}, T={temperature}")
+    _check_knn(k, temperature)
     top_sims, top_idx = sims.topk(min(k, sims.shape[1]), dim=1)
     return votes_from_neighbours(top_sims, train_y[top_idx], temperature, num_classes)
 
@@ -108,8 +112,7 @@ def knn_classify(
 ) -> KNNResult:
     """Top-1/top-5 of the weighted kNN vote; the train rows are searched ``chunk`` at a time
     (``running_topk``), the test rows all at once (in fp32 on ``device``)."""
-    if k < 1 or temperature <= 0:
-        raise ValueError(f"kNN needs k >= 1 and temperature > 0, got k={k}, T={temperature}")
+    _check_knn(k, temperature)
     dev = torch.device(device)
     train_y, y = train.labels.to(dev), test.labels.to(dev)
     if num_classes is None:

@@ -27,7 +27,7 @@ def test_one_command_reports_both_probes_on_both_splits(tmp_path, capsys):
     for row in rows:
         values = [row[m] for m in ("linear val", "linear test", "kNN val", "kNN test")]
         assert all(0.0 <= v <= 100.0 for v in values), row
-    knn = json.loads((run / "eval56-tokens" / "knn.json").read_text())
+    knn = json.loads((run / "eval32-tokens" / "knn.json").read_text())
     assert rows[0]["kNN test"] == knn["results"][0]["top1"]
     assert (knn["settings"]["crop_size"], knn["settings"]["pos_interp"]) == (32, "bicubic")
     # kNN val read the features eval knn cached: grid2 and tokens, train and test, nothing more.
