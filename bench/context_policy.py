@@ -16,7 +16,10 @@ Run from the repository root (writes ``bench/results/context_policy.md``)::
    (``IJEPAStudent``'s chunked forward, what training runs with ``model.context_chunks=n``).
    Memory: the bytes of the tensors autograd saves for the backward (activations, counted once
    per storage), an exact per-variant number; the process's peak RSS is given once for the
-   whole run.
+   whole run. Work: after the timing, every variant's forward and backward are replayed on
+   each timed round's masks under ``torch.utils.flop_counter.FlopCounterMode`` (the FLOPs of
+   every matmul and attention call, padded positions included), so the cost of a step can be
+   split into how much it computes and how fast it computes it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import resource
 
 import numpy as np
 import torch
+from torch.utils import flop_counter
 
 from bench import common
 from ijepa_ds.config import load_config
@@ -87,6 +91,22 @@ def stats_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query, key, value)
+
+
+def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+    return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+# FlopCounterMode knows the CUDA attention kernels only; on CPU, SDPA (with or without a
+# key-padding mask) runs these two ops, counted with torch's own formulas for the others.
+CPU_SDPA_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (_cpu_sdpa_backward_flops),
+}
+
+
 class SavedBytes:
     """saved_tensors_hooks counting the bytes autograd keeps for the backward (one count per
     storage, so views and re-saved tensors are not double counted)."""
@@ -139,10 +159,13 @@ class StepBench:
     def masks(self, policy: str):
         return self.samplers[policy](np.arange(self.step * 32, (self.step + 1) * 32))
 
+    def engine(self, chunks: int) -> IJEPAStudent:
+        return self.chunked[chunks] if chunks > 1 else self.student
+
     def run(self, name: str, policy: str, chunks: int = 1) -> None:
         """One train step under ``policy``, the student in ``chunks`` length chunks."""
         masks_enc, masks_pred = self.masks(policy)
-        engine = self.chunked[chunks] if chunks > 1 else self.student
+        engine = self.engine(chunks)
         self.opt.zero_grad(set_to_none=True)
         with SavedBytes() as saved:
             loss, _ = compute_loss(engine, self.target, self.imgs, masks_enc, masks_pred,
@@ -154,42 +177,70 @@ class StepBench:
         self.saved.setdefault(name, []).append(saved.mib)
         self.tokens.setdefault(name, []).append((real, width))
 
+    def count_flops(self, policy: str, chunks: int, step: int) -> float:
+        """FLOPs of step ``step``'s forward and backward under ``policy`` (no optimizer step:
+        the weights, and so every later count, stay as they are)."""
+        self.step = step
+        masks_enc, masks_pred = self.masks(policy)
+        engine = self.engine(chunks)
+        counter = flop_counter.FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS)
+        with counter:
+            loss, _ = compute_loss(engine, self.target, self.imgs, masks_enc, masks_pred,
+                                   "smooth_l1", "fp32")  # fmt: skip
+            loss.backward()
+        self.opt.zero_grad(set_to_none=True)
+        return float(counter.get_total_flops())
+
+
+def step_variants() -> list[tuple[str, str, int]]:
+    """(name, policy, context chunks) of every timed variant, global_min first."""
+    variants = [
+        ("global_min", "global_min", 1),
+        ("group_min (1 padded forward)", "group_min", 1),
+        ("group_min (4 chunks)", "group_min", 4),
+        ("keep_all (1 padded forward)", "keep_all", 1),
+    ]
+    return variants + [(f"keep_all ({n} chunks)", "keep_all", n) for n in CHUNKS]
+
 
 def step_table(repeats: int, warmup: int) -> str:
     bench = StepBench()
+    specs = step_variants()
     variants = {
-        "global_min": lambda: bench.run("global_min", "global_min"),
-        "group_min (1 padded forward)": lambda: bench.run("group_min (1 padded forward)",
-                                                          "group_min"),
-        "group_min (4 chunks)": lambda: bench.run("group_min (4 chunks)", "group_min", 4),
-        "keep_all (1 padded forward)": lambda: bench.run("keep_all (1 padded forward)",
-                                                         "keep_all"),
-    }  # fmt: skip
-    for n in CHUNKS:
-        variants[f"keep_all ({n} chunks)"] = lambda n=n: bench.run(
-            f"keep_all ({n} chunks)", "keep_all", n
-        )
+        name: lambda name=name, policy=policy, n=n: bench.run(name, policy, n)
+        for name, policy, n in specs
+    }
 
     def advance() -> None:  # a new optimizer step (new masks) for each round
         bench.step += 1
 
     variants["_next"] = advance
     times = common.interleaved(variants, repeats, warmup)
+    timed_steps = range(warmup, warmup + repeats)  # round r trains on step r's masks
+    flops = {
+        name: [bench.count_flops(policy, n, step) for step in timed_steps]
+        for name, policy, n in specs
+    }
     base = [cpu for _, cpu in times["global_min"]]
     lines = [
         "| variant | step CPU s (median) | vs global_min (median, min-max) | real context / "
-        "computed width per sample | autograd-saved MiB |",
-        "|---|---|---|---|---|",
+        "computed width per sample | GFLOP per step | FLOP vs global_min | CPU s per FLOP "
+        "vs global_min (median) | autograd-saved MiB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name in [v for v in variants if v != "_next"]:
+    for name, _, _ in specs:
         cpu = [c for _, c in times[name]]
         ratio, lo, hi = common.ratio_spread(cpu, base)
+        work = [f / b for f, b in zip(flops[name], flops["global_min"])]
+        per_flop = common.median([r / w for r, w in zip(
+            [c / b for c, b in zip(cpu, base)], work)])  # fmt: skip
         real = np.mean([t[0] for t in bench.tokens[name][warmup:]])
         width = np.mean([t[1] for t in bench.tokens[name][warmup:]])
         saved = np.mean(bench.saved[name][warmup:])
         lines.append(
             f"| {name} | {common.median(cpu):.3f} | {ratio:.3f} ({lo:.3f}-{hi:.3f}) "
-            f"| {real:.1f} / {width:.1f} | {saved:.1f} |"
+            f"| {real:.1f} / {width:.1f} | {np.mean(flops[name]) / 1e9:.1f} "
+            f"| {np.mean(work):.3f} | {per_flop:.3f} | {saved:.1f} |"
         )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return "\n".join(lines) + f"\n\nProcess peak RSS over the whole run: {peak:.0f} MiB.\n"
