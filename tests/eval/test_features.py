@@ -188,18 +188,20 @@ RANK_SCRIPT = textwrap.dedent(
 
 @pytest.mark.distributed
 @pytest.mark.parametrize(
-    "n, pool",
-    # 1 row: rank 1's shard is empty, of the pool's width (and, for tokens, fp16)
-    [(11, "last4"), (1, "grid2"), (1, "tokens")],
+    "n, pool, world",
+    # shards of ceil(n / world) rows in order: 11 on 2 ranks -> 6 + 5; 1 on 2 -> 1 + 0 (an
+    # empty shard of the pool's width, and for tokens fp16); 7 on 3 -> 3 + 3 + 1; 2 on 3 ->
+    # 1 + 1 + 0. The padding rows come after all N rows of the gathered buffer.
+    [(11, "last4", 2), (1, "grid2", 2), (1, "tokens", 2), (7, "grid2", 3), (2, "tokens", 3)],
 )
-def test_two_ranks_extract_shards_and_gather_the_whole_dataset(tmp_path, n, pool):
+def test_ranks_extract_shards_and_gather_the_whole_dataset(tmp_path, n, pool, world):
     port = str(free_port())
     procs = []
-    for rank in range(2):
+    for rank in range(world):
         env = cpu_env(
             RANK=str(rank),
             LOCAL_RANK=str(rank),
-            WORLD_SIZE="2",
+            WORLD_SIZE=str(world),
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=port,
         )
@@ -208,9 +210,8 @@ def test_two_ranks_extract_shards_and_gather_the_whole_dataset(tmp_path, n, pool
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err[-3000:]
-    # 11 rows over 2 ranks: shards of 6 and 5, padded for all_gather and trimmed again.
     single = extract_features(tiny_encoder(), tiny_dataset(n), pool, batch_size=4)
-    for rank in range(2):
+    for rank in range(world):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         torch.testing.assert_close(got["features"], single.features, atol=1e-5, rtol=1e-5)
         assert torch.equal(got["labels"], single.labels)
