@@ -141,15 +141,27 @@ def _shard_indices(n: int) -> tuple[range, int]:
     return range(start, min(n, start + shard)), shard
 
 
+GATHER_BLOCK_BYTES = 256 * 2**20  # rows per all_gather call: about this many bytes per rank
+
+
 def _gather_shards(local: torch.Tensor, n: int) -> torch.Tensor:
     """all_gather every rank's padded shard [shard, ...] into one buffer; returns its first n
-    rows [n, ...] (a view: nothing is copied after the gather)."""
+    rows [n, ...] (a view: nothing is copied after the gather).
+
+    The shard goes in blocks of about ``GATHER_BLOCK_BYTES``, each gathered straight into its place:
+    gloo stages a whole all_gather's output in a flat buffer of its own, which for one call
+    over a 5.9 GB tokens matrix would be a second 5.9 GB on every rank.
+    """
     if not (dist.is_available() and dist.is_initialized()):
         return local[:n]
     world = dist.get_world_size()
     gathered = local.new_empty((world * local.shape[0], *local.shape[1:]))
-    if local.shape[0]:
-        dist.all_gather(list(gathered.view(world, *local.shape).unbind(0)), local)
+    parts = gathered.view(world, *local.shape)
+    row_bytes = max(1, local[:1].numel() * local.element_size())
+    step = max(1, GATHER_BLOCK_BYTES // row_bytes)
+    for start in range(0, local.shape[0], step):
+        block = slice(start, start + step)
+        dist.all_gather([part[block] for part in parts.unbind(0)], local[block])
     return gathered[:n]
 
 

@@ -170,9 +170,11 @@ RANK_SCRIPT = textwrap.dedent(
     """
     import sys, torch, torch.distributed as dist
     from torch.utils.data import TensorDataset
+    from ijepa_ds.eval import features
     from ijepa_ds.eval.features import extract_features
     from ijepa_ds.models import VisionTransformer
     dist.init_process_group("gloo")
+    features.GATHER_BLOCK_BYTES = int(sys.argv[4])
     torch.manual_seed(0)
     enc = VisionTransformer(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=4,
                             num_heads=2)
@@ -188,13 +190,22 @@ RANK_SCRIPT = textwrap.dedent(
 
 @pytest.mark.distributed
 @pytest.mark.parametrize(
-    "n, pool, world",
+    "n, pool, world, block_bytes",
     # shards of ceil(n / world) rows in order: 11 on 2 ranks -> 6 + 5; 1 on 2 -> 1 + 0 (an
     # empty shard of the pool's width, and for tokens fp16); 7 on 3 -> 3 + 3 + 1; 2 on 3 ->
-    # 1 + 1 + 0. The padding rows come after all N rows of the gathered buffer.
-    [(11, "last4", 2), (1, "grid2", 2), (1, "tokens", 2), (7, "grid2", 3), (2, "tokens", 3)],
+    # 1 + 1 + 0. The padding rows come after all N rows of the gathered buffer. block_bytes 1
+    # gathers one row per call (6 calls, the last one partial on rank 1: 5 rows + padding),
+    # 3000 five rows (last4 is 4 x 32 fp32 values, 512 bytes), 2**28 every shard in one call.
+    [
+        (11, "last4", 2, 1),
+        (11, "last4", 2, 3000),
+        (1, "grid2", 2, 2**28),
+        (1, "tokens", 2, 2**28),
+        (7, "grid2", 3, 2**28),
+        (2, "tokens", 3, 1),
+    ],
 )
-def test_ranks_extract_shards_and_gather_the_whole_dataset(tmp_path, n, pool, world):
+def test_ranks_extract_shards_and_gather_the_whole_dataset(tmp_path, n, pool, world, block_bytes):
     port = str(free_port())
     procs = []
     for rank in range(world):
@@ -205,7 +216,8 @@ def test_ranks_extract_shards_and_gather_the_whole_dataset(tmp_path, n, pool, wo
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=port,
         )
-        cmd = [sys.executable, "-c", RANK_SCRIPT, str(tmp_path / f"rank{rank}.pt"), str(n), pool]
+        out = str(tmp_path / f"rank{rank}.pt")
+        cmd = [sys.executable, "-c", RANK_SCRIPT, out, str(n), pool, str(block_bytes)]
         procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True))
     for proc in procs:
         _, err = proc.communicate(timeout=120)
