@@ -180,9 +180,10 @@ def extract_features(
 
     Returns features [N, F] (``pool_dtype(pool)``, CPU) and labels [N]; under an initialised
     process group every rank encodes its shard and receives all N rows. Each batch is written
-    into one preallocated shard buffer, gathered into one buffer of all the rows, so a rank
-    peaks at its shard plus the N rows (for "tokens" at 64 px on 2 ranks, 8.9 GB rather than
-    the 21 GB that collecting batches, concatenating and gathering took). Rank 0 prints a
+    into one preallocated shard buffer, gathered in blocks into one buffer of all the rows,
+    so a rank holds its shard plus the N rows: for "tokens" at 64 px on 2 ranks 2.95 + 5.9 GB,
+    where collecting batches, concatenating, padding and one gloo all_gather held about 4x the
+    shard plus 2x the N rows (the 24 GB machine killed it). Rank 0 prints a
     progress line (``features LABEL: n/N images | r img/s | ETA``, n and r over all ranks,
     assuming equal shards) to stderr at most every ``progress_every_s`` seconds.
     """
