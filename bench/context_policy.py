@@ -103,7 +103,7 @@ def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args, out_shape=None,
 # key-padding mask) runs these two ops, counted with torch's own formulas for the others.
 CPU_SDPA_FLOPS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (_cpu_sdpa_backward_flops),
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
 }
 
 
@@ -156,15 +156,15 @@ class StepBench:
             self.samplers[policy] = build_mask_sampler_from_config(cfg, 32)
         self.step, self.saved, self.tokens = 0, {}, {}
 
-    def masks(self, policy: str):
-        return self.samplers[policy](np.arange(self.step * 32, (self.step + 1) * 32))
+    def masks(self, policy: str, step: int):
+        return self.samplers[policy](np.arange(step * 32, (step + 1) * 32))
 
     def engine(self, chunks: int) -> IJEPAStudent:
         return self.chunked[chunks] if chunks > 1 else self.student
 
     def run(self, name: str, policy: str, chunks: int = 1) -> None:
         """One train step under ``policy``, the student in ``chunks`` length chunks."""
-        masks_enc, masks_pred = self.masks(policy)
+        masks_enc, masks_pred = self.masks(policy, self.step)
         engine = self.engine(chunks)
         self.opt.zero_grad(set_to_none=True)
         with SavedBytes() as saved:
@@ -180,8 +180,7 @@ class StepBench:
     def count_flops(self, policy: str, chunks: int, step: int) -> float:
         """FLOPs of step ``step``'s forward and backward under ``policy`` (no optimizer step:
         the weights, and so every later count, stay as they are)."""
-        self.step = step
-        masks_enc, masks_pred = self.masks(policy)
+        masks_enc, masks_pred = self.masks(policy, step)
         engine = self.engine(chunks)
         counter = flop_counter.FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS)
         with counter:
@@ -230,10 +229,9 @@ def step_table(repeats: int, warmup: int) -> str:
     ]
     for name, _, _ in specs:
         cpu = [c for _, c in times[name]]
-        ratio, lo, hi = common.ratio_spread(cpu, base)
+        ratio, lo, hi = common.ratio_spread(cpu, base)  # per round: cpu / base
         work = [f / b for f, b in zip(flops[name], flops["global_min"])]
-        per_flop = common.median([r / w for r, w in zip(
-            [c / b for c, b in zip(cpu, base)], work)])  # fmt: skip
+        per_flop = common.median([c / b / w for c, b, w in zip(cpu, base, work)])
         real = np.mean([t[0] for t in bench.tokens[name][warmup:]])
         width = np.mean([t[1] for t in bench.tokens[name][warmup:]])
         saved = np.mean(bench.saved[name][warmup:])

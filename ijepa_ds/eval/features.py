@@ -199,8 +199,7 @@ def extract_features(
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
     )
-    width = _empty_shard(encoder, dataset, pool, device)  # [0, F]: F, dtype and device
-    feats = width.new_zeros((shard, *width.shape[1:]))
+    feats = _shard_buffer(encoder, dataset, pool, device, shard)
     labels = torch.zeros(shard, dtype=torch.long, device=device)
     report = _Progress(label, len(dataset), len(indices), progress_every_s)
     row = 0
@@ -247,15 +246,15 @@ class _Progress:
         )
 
 
-def _empty_shard(
-    encoder: VisionTransformer, dataset: Dataset, pool: str, device: torch.device
+def _shard_buffer(
+    encoder: VisionTransformer, dataset: Dataset, pool: str, device: torch.device, rows: int
 ) -> torch.Tensor:
-    """[0, F] features in the pool's dtype on ``device``: the width every shard is made to."""
+    """Zeros [rows, F] of ``pool``'s width and dtype on ``device``, for a shard's features."""
     num_patches = None
     if pool == "tokens" and len(dataset):
         height, width = dataset[0][0].shape[-2:]
         num_patches = (height // encoder.patch_size) * (width // encoder.patch_size)
-    shape = (0, pool_width(pool, encoder.embed_dim, num_patches))
+    shape = (rows, pool_width(pool, encoder.embed_dim, num_patches))
     return torch.zeros(shape, dtype=pool_dtype(pool), device=device)
 
 
