@@ -16,6 +16,8 @@ Run from the repository root (about 95 minutes on 2 cores: 55 of pretraining)::
    the other 54k as memory, from the cached features.
 4. Raw normalised pixels at each ``--pixel-sizes`` (28 and 56): the same probe and kNN.
 5. ``--with-init`` adds the same encoder at initialisation (``bench.quality.write_init_run``).
+6. ``--probes knn`` (or ``linear``) runs one probe only, on every row; the report then has
+   that probe's columns and verdicts only.
 
 The report (``--report``) gives every number, which rows beat the best pixel row on each split,
 and the commands that produced them.
@@ -37,7 +39,14 @@ from bench import common
 from bench.quality import INIT_NAME, RUN_NAME, eval_cli, pretrain, write_init_run
 
 EVAL_FLAGS = ("--pos-interp", "bicubic")
+PROBES = ("linear", "knn")
 METRICS = ("linear val", "linear test", "kNN val", "kNN test")
+
+
+def measured(probes: tuple[str, ...]) -> tuple[str, ...]:
+    """The METRICS that ``probes`` (a subset of PROBES) produce, in METRICS order."""
+    prefixes = tuple({"linear": "linear", "knn": "kNN"}[p] for p in probes)
+    return tuple(m for m in METRICS if m.startswith(prefixes))
 
 
 def sized_flags(size: int) -> list[str]:
@@ -63,55 +72,64 @@ def knn_val(source: Path, size: int, k: int, temperature: float) -> float:
     return val_top1(train, k, temperature)
 
 
-def encoder_row(name: str, source: Path, size: int, out: Path, commands: list[str]) -> dict:
-    """The four numbers of one encoder at eval size ``size`` (see the module docstring)."""
+def encoder_row(
+    name: str, source: Path, size: int, out: Path, commands: list[str], probes=PROBES
+) -> dict:
+    """The numbers of one encoder at eval size ``size`` (see the module docstring): the
+    ``measured(probes)`` metrics, and the linear probe's chosen lr as ``probe``."""
     folder = f"eval{size}"  # SOURCE/eval56-grid2, SOURCE/eval56-tokens
-    linear, cmd = eval_cli(
-        "linear", source, out / f"{source.name}.linear.log", "grid2", sized_flags(size), folder
-    )
-    commands.append(" ".join(cmd))
-    knn, cmd = eval_cli(
-        "knn", source, out / f"{source.name}.knn.log", "tokens", sized_flags(size), folder
-    )
-    commands.append(" ".join(cmd))
-    values = {
-        "linear val": linear["val_top1"],
-        "linear test": linear["test_top1"],
-        "kNN val": knn_val(source, size, knn["k"], knn["temperature"]),
-        "kNN test": knn["top1"],
-    }
-    return {"features": name, "size": size, "probe": f"lr {linear['lr']:g}", **values}
+    row = {"features": name, "size": size, "probe": "-"}
+    if "linear" in probes:
+        linear, cmd = eval_cli(
+            "linear", source, out / f"{source.name}.linear.log", "grid2", sized_flags(size), folder
+        )
+        commands.append(" ".join(cmd))
+        row.update(
+            {"probe": f"lr {linear['lr']:g}", "linear val": linear["val_top1"],
+             "linear test": linear["test_top1"]}
+        )  # fmt: skip
+    if "knn" in probes:
+        knn, cmd = eval_cli(
+            "knn", source, out / f"{source.name}.knn.log", "tokens", sized_flags(size), folder
+        )
+        commands.append(" ".join(cmd))
+        row["kNN val"] = knn_val(source, size, knn["k"], knn["temperature"])
+        row["kNN test"] = knn["top1"]
+    return row
 
 
-def pixel_row(source: Path, size: int, eval_cfg) -> dict:
-    """The four numbers of raw normalised pixels at ``size`` x ``size`` (the eval transform of
-    ``source``'s run at that size)."""
+def pixel_row(source: Path, size: int, eval_cfg, probes=PROBES) -> dict:
+    """The ``measured(probes)`` numbers of raw normalised pixels at ``size`` x ``size`` (the
+    eval transform of ``source``'s run at that size)."""
     from bench.knn_resolution import pixels, val_and_test
     from ijepa_ds.eval import ProbeConfig, linear_probe
 
     train, test = pixels(str(source), size)
-    probe = ProbeConfig(
-        lrs=eval_cfg.linear_lrs, wds=eval_cfg.linear_wds, epochs=eval_cfg.linear_epochs,
-        val_every=eval_cfg.val_every_epochs,
-    )  # fmt: skip
-    linear = linear_probe(train, test, probe)
-    val, test_top1 = val_and_test([train, test], eval_cfg.knn_k, eval_cfg.knn_temperature)
-    values = {
-        "linear val": linear.val_top1,
-        "linear test": linear.test_top1,
-        "kNN val": val,
-        "kNN test": test_top1,
-    }
-    return {"features": "raw pixels", "size": size, "probe": f"lr {linear.lr:g}", **values}
+    row = {"features": "raw pixels", "size": size, "probe": "-"}
+    if "linear" in probes:
+        probe = ProbeConfig(
+            lrs=eval_cfg.linear_lrs, wds=eval_cfg.linear_wds, epochs=eval_cfg.linear_epochs,
+            val_every=eval_cfg.val_every_epochs,
+        )  # fmt: skip
+        linear = linear_probe(train, test, probe)
+        row.update(
+            {"probe": f"lr {linear.lr:g}", "linear val": linear.val_top1,
+             "linear test": linear.test_top1}
+        )  # fmt: skip
+    if "knn" in probes:
+        val, test_top1 = val_and_test([train, test], eval_cfg.knn_k, eval_cfg.knn_temperature)
+        row.update({"kNN val": val, "kNN test": test_top1})
+    return row
 
 
-def verdicts(rows: list[dict]) -> list[str]:
-    """One line per encoder row: its margin over the best pixel row on each metric."""
+def verdicts(rows: list[dict], metrics: tuple[str, ...] = METRICS) -> list[str]:
+    """One line per encoder row: its margin over the best pixel row on each of ``metrics``."""
     pixel_rows = [r for r in rows if r["features"] == "raw pixels"]
+    scope = "all four" if metrics == METRICS else " and ".join(metrics)
     lines = []
     for row in (r for r in rows if r["features"] != "raw pixels"):
         margins, passed = [], True
-        for metric in METRICS:
+        for metric in metrics:
             best = max(pixel_rows, key=lambda r: r[metric])
             delta = row[metric] - best[metric]
             word = "beats" if delta > 0 else "does not beat"
@@ -119,22 +137,25 @@ def verdicts(rows: list[dict]) -> list[str]:
             passed = passed and delta > 0
         lines.append(
             f"- {row['features']}: {'; '.join(margins)}. "
-            f"**{'Beats' if passed else 'Does not beat'} the best pixel row on all four.**"
+            f"**{'Beats' if passed else 'Does not beat'} the best pixel row on {scope}.**"
         )
     return lines
 
 
-def report(rows: list[dict], start: dict, command: str, seconds: float, extra: str) -> str:
+def report(
+    rows: list[dict], start: dict, command: str, seconds: float, extra: str, metrics=METRICS
+) -> str:
     lines = [
-        "| features | eval size | linear probe | " + " | ".join(METRICS) + " |",
-        "|---|---|---|" + "---|" * len(METRICS),
+        "| features | eval size | linear probe | " + " | ".join(metrics) + " |",
+        "|---|---|---|" + "---|" * len(metrics),
     ]
     for row in rows:
         cells = [row["features"], f"{row['size']}x{row['size']}", row["probe"]]
-        cells += [f"{row[m]:.2f}" for m in METRICS]
+        cells += [f"{row[m]:.2f}" for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     header = common.report_header("Beating raw pixels on both probes", start, command, seconds)
-    return header + extra + "\n\n" + "\n".join(lines) + "\n\n" + "\n".join(verdicts(rows)) + "\n"
+    lines += ["", *verdicts(rows, metrics)]
+    return header + extra + "\n\n" + "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-size", type=int, default=56)
     parser.add_argument("--pixel-sizes", type=int, nargs="+", default=[28, 56])
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--probes", nargs="+", choices=PROBES, default=list(PROBES),
+        help="which probes to run on every row (default both)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    probes = tuple(p for p in PROBES if p in args.probes)
     import torch
 
     from ijepa_ds.config import load_config
@@ -164,18 +190,23 @@ def main(argv: list[str] | None = None) -> int:
     pretrained = json.loads(record.read_text())
     commands = [pretrained["command"]]
     cfg = load_config(str(run_dir / "config.yaml"))
-    rows = [encoder_row("I-JEPA target encoder", run_dir, args.eval_size, args.out, commands)]
+    rows = [
+        encoder_row("I-JEPA target encoder", run_dir, args.eval_size, args.out, commands, probes)
+    ]
     if args.with_init:
         init_dir = write_init_run(run_dir, args.out / INIT_NAME)
         rows.append(
-            encoder_row("same encoder at init", init_dir, args.eval_size, args.out, commands)
+            encoder_row(
+                "same encoder at init", init_dir, args.eval_size, args.out, commands, probes
+            )
         )
-    rows += [pixel_row(run_dir, size, cfg.eval) for size in args.pixel_sizes]
+    rows += [pixel_row(run_dir, size, cfg.eval, probes) for size in args.pixel_sizes]
     reused = " (reused with --skip-pretrain)" if args.skip_pretrain else ""
     extra = (
         f"Pretraining{reused}: `{pretrained['command']}`, {pretrained['seconds'] / 60:.1f} min "
         f"of wall time, {cfg.schedule.max_steps} steps. Eval size {args.eval_size}: images "
-        "resized (bilinear), positions resized (bicubic). Linear probe: `grid2` features, the "
+        f"resized (bilinear), positions resized (bicubic). Probes run: {' and '.join(probes)}. "
+        "Linear probe: `grid2` features, the "
         f"config's sweep (lr {list(cfg.eval.linear_lrs)} x wd {list(cfg.eval.linear_wds)}, "
         f"{cfg.eval.linear_epochs} epochs), chosen on its seeded 10% validation split of train "
         "(`linear val` is that split's top-1), test top-1 on the 10k test images. kNN: "
@@ -186,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         + "\n".join(f"    {c}" for c in commands)
     )
     command = "python -m bench.beat_pixels " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(rows, start, command, time.perf_counter() - t0, extra)
+    text = report(rows, start, command, time.perf_counter() - t0, extra, measured(probes))
     common.write_result(args.report, text)
     (args.out / "beat_pixels.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(text)

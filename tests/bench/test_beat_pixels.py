@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from bench.beat_pixels import main, verdicts
+from bench import common
+from bench.beat_pixels import main, measured, report, verdicts
 from tests.helpers import write_tiny_eval_run
 
 
@@ -54,3 +55,20 @@ def test_verdicts_compare_each_metric_with_the_best_pixel_row():
     assert line.endswith("**Does not beat the best pixel row on all four.**")
     rows[0]["kNN val"] = 86.5
     assert verdicts(rows)[0].endswith("**Beats the best pixel row on all four.**")
+
+
+@pytest.mark.fast
+def test_one_probe_reports_and_judges_only_its_own_metrics():
+    assert measured(("knn",)) == ("kNN val", "kNN test")
+    assert measured(("linear", "knn")) == ("linear val", "linear test", "kNN val", "kNN test")
+    metrics = measured(("knn",))
+    rows = [
+        {"features": "enc", "size": 64, "probe": "-", "kNN val": 86.2, "kNN test": 86.3},
+        {"features": "raw pixels", "size": 64, "probe": "-", "kNN val": 86.0, "kNN test": 85.8},
+    ]
+    (line,) = verdicts(rows, metrics)
+    assert "linear" not in line and "kNN val: beats pixels at 64 (+0.20)" in line
+    assert line.endswith("**Beats the best pixel row on kNN val and kNN test.**")
+    text = report(rows, common.machine_info(), "cmd", 1.0, "extra", metrics)
+    assert "| features | eval size | linear probe | kNN val | kNN test |" in text
+    assert "| enc | 64x64 | - | 86.20 | 86.30 |" in text
