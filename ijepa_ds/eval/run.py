@@ -221,7 +221,11 @@ def run_eval_command(args: EvalArgs) -> int:
         else:
             train = split_features(encoder, s, True, args.num_workers)
             test = split_features(encoder, s, False, args.num_workers)
-            result = _evaluate(args, eval_cfg, s, train, test) if env.is_main_process else None
+            if env.is_main_process:
+                result = _evaluate(args, eval_cfg, s, train, test)
+            else:  # only rank 0 evaluates: the others free their N gathered rows meanwhile
+                del train, test  # (tokens at 64 px: 5.9 + 1.0 GB per rank)
+                result = None
         if result is not None:
             _write(args, s, description, result, time.perf_counter() - start)
     except BaseException:
