@@ -39,14 +39,14 @@ from bench import common
 from bench.quality import INIT_NAME, RUN_NAME, eval_cli, pretrain, write_init_run
 
 EVAL_FLAGS = ("--pos-interp", "bicubic")
-PROBES = ("linear", "knn")
-METRICS = ("linear val", "linear test", "kNN val", "kNN test")
+PROBE_METRICS = {"linear": ("linear val", "linear test"), "knn": ("kNN val", "kNN test")}
+PROBES = tuple(PROBE_METRICS)
+METRICS = sum(PROBE_METRICS.values(), ())
 
 
 def measured(probes: tuple[str, ...]) -> tuple[str, ...]:
     """The METRICS that ``probes`` (a subset of PROBES) produce, in METRICS order."""
-    prefixes = tuple({"linear": "linear", "knn": "kNN"}[p] for p in probes)
-    return tuple(m for m in METRICS if m.startswith(prefixes))
+    return sum((PROBE_METRICS[p] for p in PROBES if p in probes), ())
 
 
 def sized_flags(size: int) -> list[str]:
