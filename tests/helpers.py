@@ -27,8 +27,11 @@ def cpu_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def torchrun(nproc: int, script: str | Path, *args: str, timeout: float = 600, cwd=None):
-    """``torchrun --standalone --nproc_per_node nproc script args``; returns CompletedProcess."""
+def torchrun(nproc: int, script: str | Path, *args: str, timeout: float = 600, cwd=None, env=None):
+    """``torchrun --standalone --nproc_per_node nproc script args``; returns CompletedProcess.
+
+    ``env``: extra variables on top of ``cpu_env()``.
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -39,7 +42,12 @@ def torchrun(nproc: int, script: str | Path, *args: str, timeout: float = 600, c
         *args,
     ]
     return subprocess.run(
-        cmd, env=cpu_env(), cwd=cwd, capture_output=True, text=True, timeout=timeout
+        cmd,
+        env=cpu_env(**(env or {})),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

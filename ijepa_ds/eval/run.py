@@ -216,32 +216,36 @@ def run_eval_command(args: EvalArgs) -> int:
         s = resolve_settings(args, encoder, cfg, src.run_dir)
         encoder.pos_interp = s.pos_interp
         eval_cfg = cfg.eval if cfg else Config().eval
-        if args.action == "visualize":
-            result = _visualize(args, encoder, s) if env.is_main_process else None
-        else:
+        if args.action != "visualize":
             train = split_features(encoder, s, True, args.num_workers)
             test = split_features(encoder, s, False, args.num_workers)
-            if env.is_main_process:
-                result = _evaluate(args, eval_cfg, s, train, test)
-            else:  # only rank 0 evaluates: the others free their N gathered rows meanwhile
-                del train, test  # (tokens at 64 px: 5.9 + 1.0 GB per rank)
-                result = None
-        if result is not None:
-            _write(args, s, description, result, time.perf_counter() - start)
     except BaseException:
         abandon_distributed()  # no barrier: the other ranks may never arrive
         raise
+    # The gathers were the last collectives. Only rank 0 evaluates, for as long as it takes
+    # (every-token kNN at 64 px: over 10 minutes); a rank waiting for it in a collective would
+    # be timed out by the group's timeout. So every rank leaves the group here, and the others
+    # exit while rank 0 evaluates: an error there is still rank 0's exit status.
     shutdown_distributed()
+    if not env.is_main_process:
+        return 0  # (its gathered rows are freed as it exits: tokens at 64 px, 5.9 + 1.0 GB)
+    if args.action == "visualize":
+        result = _visualize(args, encoder, s)
+    else:
+        result = _evaluate(args, eval_cfg, s, train, test)
+    _write(args, s, description, result, env.world_size, time.perf_counter() - start)
     return 0
 
 
-def _write(args, s: EvalSettings, description: str, result, seconds: float) -> None:
+def _write(
+    args, s: EvalSettings, description: str, result, world_size: int, seconds: float
+) -> None:
     rows, extra = result
     header = {
         "source": description,
         "dataset": f"{s.dataset} ({s.data_root or 'generated'})",
         "settings": {k: v for k, v in asdict(s).items() if k not in ("out", "cache_dir")},
-        "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+        "world_size": world_size,
         "seconds": round(seconds, 1),
     }
     json_path, md_path = write_report(s.out, args.action, header, rows, extra=extra)

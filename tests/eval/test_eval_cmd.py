@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -163,15 +164,46 @@ def test_importing_the_command_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
+# The 2-rank run's process-group timeout, and how long rank 0's evaluation is made to take.
+GROUP_TIMEOUT_S = 9
+EVALUATION_S = 2 * GROUP_TIMEOUT_S
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_ranks_give_the_single_process_result(run_dir, tmp_path):
-    """``torchrun -m ijepa_ds eval knn`` on 2 ranks: sharded extraction, same neighbours."""
+    """``torchrun -m ijepa_ds eval knn`` on 2 ranks: sharded extraction, same neighbours.
+
+    Only rank 0 evaluates. Here its evaluation outlasts the group's timeout (as every-token kNN
+    at 64 px outlasts the default 10 minutes), and the run must still succeed: no rank may wait
+    for rank 0 in a collective meanwhile.
+    """
     assert ijepa_eval("knn", str(run_dir), "--out", str(tmp_path / "one")) == 0
     # A separate --out, so a separate feature cache: both runs extract.
     proc = torchrun(
-        2, "-m", "ijepa_ds", "eval", "knn", str(run_dir), "--out", str(tmp_path / "two")
+        2,
+        __file__,  # this file as the worker: the CLI, with rank 0's evaluation slowed down
+        "knn",
+        str(run_dir),
+        "--out",
+        str(tmp_path / "two"),
+        env={"IJEPA_DS_DIST_TIMEOUT_MINUTES": str(GROUP_TIMEOUT_S / 60)},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = (json.loads((tmp_path / d / "knn.json").read_text()) for d in ("one", "two"))
     assert two["world_size"] == 2 and one["results"] == two["results"]
+    assert two["seconds"] > EVALUATION_S > GROUP_TIMEOUT_S
+
+
+def _slow_evaluation(*args, **kwargs):
+    time.sleep(EVALUATION_S)
+    return _EVALUATE(*args, **kwargs)
+
+
+if __name__ == "__main__":  # the worker of the 2-rank test: ``ijepa-ds eval`` as the CLI runs it
+    from ijepa_ds.cli.main import main
+    from ijepa_ds.eval import run as eval_run
+
+    _EVALUATE = eval_run._evaluate
+    eval_run._evaluate = _slow_evaluation
+    raise SystemExit(main(["eval", *sys.argv[1:]]))
