@@ -223,9 +223,9 @@ def run_eval_command(args: EvalArgs) -> int:
         abandon_distributed()  # no barrier: the other ranks may never arrive
         raise
     # The gathers were the last collectives. Only rank 0 evaluates, for as long as it takes
-    # (every-token kNN at 64 px: over 10 minutes); a rank waiting for it in a collective would
-    # be timed out by the group's timeout. So every rank leaves the group here, and the others
-    # exit while rank 0 evaluates: an error there is still rank 0's exit status.
+    # (every-token kNN at 64 px: 6 to over 10 minutes on 2 cores); a rank waiting for it in a
+    # collective would be timed out by the group's timeout. So every rank leaves the group here,
+    # and the others exit while rank 0 evaluates: an error there is still rank 0's exit status.
     shutdown_distributed()
     if not env.is_main_process:
         return 0  # (its gathered rows are freed as it exits: tokens at 64 px, 5.9 + 1.0 GB)
