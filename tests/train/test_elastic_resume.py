@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ijepa_ds.checkpoint.elastic import convert_to_universal
+from ijepa_ds.checkpoint.layout import step_folder_name
 from tests.helpers import assert_ok, torchrun
 from tests.train.equivalence_worker import GROUP_TWO
 
@@ -47,7 +48,7 @@ def _max_diff(a: dict, b: dict) -> float:
 
 
 def _step_dir(tmp: Path, name: str, step: int) -> Path:
-    return tmp / "runs" / name / "checkpoints" / f"step_{step:08d}"
+    return tmp / "runs" / name / "checkpoints" / step_folder_name(step)
 
 
 # The uninterrupted run also saves at steps 2 and 4 (and keeps them), for the others to resume.
